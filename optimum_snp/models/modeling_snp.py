@@ -1,0 +1,265 @@
+# Copyright 2026 The optimum-snp authors. Licensed under the Apache License, Version 2.0.
+"""SNP-pruned ViT / DeiT models: the stock architectures with per-layer dimensions read from the config.
+
+Parameter names are identical to transformers' `ViT*` / `DeiT*` models, so a pruned state dict is the stock
+one with rows/columns removed. Attention keeps the ORIGINAL logit scale (`config.original_head_dim ** -0.5`)
+and supports a value head dim different from the query/key head dim, in eager and SDPA attention alike.
+
+This file only uses sibling imports so that it can be copied next to a checkpoint for `trust_remote_code=True`.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.deit.modeling_deit import DeiTEmbeddings, DeiTForImageClassificationWithTeacherOutput
+from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTPooler, eager_attention_forward
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_snp import SNPDeiTConfig, SNPViTConfig
+
+
+class SNPAttention(nn.Module):
+    """Multi-head self-attention of layer `layer_idx`, with its own heads, query/key dim and value dim."""
+
+    def __init__(self, config: SNPViTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_attention_heads = config.num_heads_per_layer[layer_idx]
+        self.head_dim = config.qk_head_dims[layer_idx]
+        self.v_head_dim = config.v_head_dims[layer_idx]
+        self.attention_dropout = config.attention_probs_dropout_prob
+        # The logit scale of the unpruned model: pruning query/key dims must not rescale the attention scores.
+        self.scaling = config.attention_scaling()
+        self.is_causal = False
+
+        qk_width = self.num_attention_heads * self.head_dim
+        v_width = self.num_attention_heads * self.v_head_dim
+        self.q_proj = nn.Linear(config.hidden_size, qk_width, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, qk_width, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, v_width, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(v_width, config.hidden_size, bias=True)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        heads = self.num_attention_heads
+        query_states = self.q_proj(hidden_states).view(*input_shape, heads, self.head_dim).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(*input_shape, heads, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(*input_shape, heads, self.v_head_dim).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class SNPMLP(nn.Module):
+    def __init__(self, config: SNPViTConfig, layer_idx: int):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_sizes[layer_idx])
+        self.fc2 = nn.Linear(config.intermediate_sizes[layer_idx], config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class SNPLayer(GradientCheckpointingLayer):
+    def __init__(self, config: SNPViTConfig, layer_idx: int):
+        super().__init__()
+        self.attention = SNPAttention(config, layer_idx)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SNPMLP(config, layer_idx)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        hidden_states = self.dropout(attn_output) + hidden_states
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        return self.dropout(mlp_output) + hidden_states
+
+
+class SNPViTPreTrainedModel(PreTrainedModel):
+    config_class = SNPViTConfig
+    config: SNPViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTEmbeddings", "DeiTEmbeddings", "SNPLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # flash kernels need equal q/k and v head dims
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": SNPLayer, "attentions": SNPAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ViTEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=self.config.initializer_range)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=self.config.initializer_range)
+            if getattr(module, "distillation_token", None) is not None:
+                init.trunc_normal_(module.distillation_token, mean=0.0, std=self.config.initializer_range)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+
+
+class SNPViTModel(SNPViTPreTrainedModel):
+    embeddings_class = ViTEmbeddings
+
+    def __init__(self, config: SNPViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        super().__init__(config)
+        self.embeddings = self.embeddings_class(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([SNPLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if pixel_values is None:
+            raise ValueError("You have to specify `pixel_values`.")
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != expected_dtype:
+            pixel_values = pixel_values.to(expected_dtype)
+        hidden_states = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
+
+
+class SNPViTForImageClassification(SNPViTPreTrainedModel):
+    def __init__(self, config: SNPViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        setattr(self, self.base_model_prefix, self._base_model_class(config, add_pooling_layer=False))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @property
+    def _base_model_class(self):
+        return SNPViTModel
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        outputs = getattr(self, self.base_model_prefix)(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class SNPDeiTPreTrainedModel(SNPViTPreTrainedModel):
+    config_class = SNPDeiTConfig
+    config: SNPDeiTConfig
+    base_model_prefix = "deit"
+
+
+class SNPDeiTModel(SNPDeiTPreTrainedModel, SNPViTModel):
+    embeddings_class = DeiTEmbeddings
+
+
+class SNPDeiTForImageClassification(SNPDeiTPreTrainedModel, SNPViTForImageClassification):
+    @property
+    def _base_model_class(self):
+        return SNPDeiTModel
+
+
+class SNPDeiTForImageClassificationWithTeacher(SNPDeiTPreTrainedModel):
+    """DeiT with a class-token head and a distillation-token head; inference logits are their average."""
+
+    def __init__(self, config: SNPDeiTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deit = SNPDeiTModel(config, add_pooling_layer=False)
+        head = (lambda: nn.Linear(config.hidden_size, config.num_labels)) if config.num_labels > 0 else nn.Identity
+        self.cls_classifier = head()
+        self.distillation_classifier = head()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> DeiTForImageClassificationWithTeacherOutput:
+        outputs = self.deit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
+        )
+        sequence_output = outputs.last_hidden_state
+        cls_logits = self.cls_classifier(sequence_output[:, 0, :])
+        distillation_logits = self.distillation_classifier(sequence_output[:, 1, :])
+        return DeiTForImageClassificationWithTeacherOutput(
+            logits=(cls_logits + distillation_logits) / 2,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "SNPViTPreTrainedModel",
+    "SNPViTModel",
+    "SNPViTForImageClassification",
+    "SNPDeiTPreTrainedModel",
+    "SNPDeiTModel",
+    "SNPDeiTForImageClassification",
+    "SNPDeiTForImageClassificationWithTeacher",
+]

@@ -1,0 +1,50 @@
+"""Apply a pruning plan: copy the kept rows/columns of every coupled tensor into an SNP model of the new shape.
+
+Pure slicing: no scoring here. Works on stock ViT/DeiT models and on SNP models (pruning can be repeated).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .adapters import get_adapter
+from .plan import PruningPlan
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Returns the SNP model that keeps exactly the indices in `plan`; `model` itself is left unchanged."""
+    adapter = get_adapter(model)
+    source_dims = adapter.layer_dims()
+    plan.validate(adapter.hidden_size, source_dims)
+    plan = plan.normalized()
+
+    # parameter name -> [(axis, kept indices)]
+    keep: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
+    for name, axis in adapter.hidden_group():
+        keep[name].append((axis, plan.hidden))
+    for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims)):
+        groups = adapter.layer_groups(idx)
+        rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp}
+        for group, members in groups.items():
+            for name, axis in members:
+                keep[name].append((axis, rows[group]))
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        for axis, indices in keep.get(name, ()):
+            tensor = tensor.index_select(axis, torch.as_tensor(indices, device=tensor.device))
+        state[name] = tensor.detach().clone()
+
+    config = adapter.pruned_config(len(plan.hidden), plan.layer_dims())
+    with torch.device("meta"):
+        pruned = adapter.snp_class()(config)
+    pruned.load_state_dict(state, strict=True, assign=True)
+    for param in pruned.parameters():
+        param.requires_grad_(True)
+    pruned.train(model.training)
+    if getattr(model, "name_or_path", None):
+        pruned.name_or_path = model.name_or_path
+    return pruned
