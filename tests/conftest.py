@@ -42,15 +42,16 @@ MODEL_CLASSES = {
 }
 
 
-def tiny_model(kind: str = "vit", attn: str = "eager", seed: int = 0, **overrides) -> nn.Module:
-    """A tiny stock model with random weights (non-zero LayerNorm/bias/token params, so nothing is trivially 0)."""
+def tiny_model(kind: str = "vit", attn: str = "eager", seed: int = 0, noisy: bool = True, **overrides) -> nn.Module:
+    """A tiny stock model with random weights; `noisy` randomizes LayerNorm/bias/token params (stock init sets
+    many of them to 0 or 1, which could hide slicing mistakes)."""
     torch.manual_seed(seed)
     config_cls = DeiTConfig if kind.startswith("deit") else ViTConfig
     config = config_cls(**{**TINY, **overrides})
     config._attn_implementation = attn
     model = MODEL_CLASSES[kind](config)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for name, param in model.named_parameters() if noisy else ():
             if "layernorm" in name or name.endswith("bias") or "token" in name or "position" in name:
                 param.normal_(0, 0.2).add_(1.0 if name.endswith("weight") else 0.0)
     return model.eval()

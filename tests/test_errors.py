@@ -1,0 +1,62 @@
+"""Bad input gets a clear error that names it."""
+
+import pytest
+from transformers import BertConfig, BertModel, ViTForMaskedImageModeling
+
+from optimum_snp import PruningPlan, PruningRatios, SNPViTConfig, apply_plan, build_plan, get_adapter
+
+from .conftest import TINY, random_plan, tiny_model
+
+
+def test_unsupported_architecture_lists_supported():
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
+    with pytest.raises(ValueError, match="cannot prune BertModel.*Supported model classes: .*DeiTForImageClassification"):
+        get_adapter(bert)
+    mim = ViTForMaskedImageModeling(tiny_model("vit").config)
+    with pytest.raises(ValueError, match="cannot prune ViTForMaskedImageModeling.*ViTForImageClassification"):
+        apply_plan(mim, PruningPlan.identity(32, []))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.layers[1].qk.__setitem__(0, []), "remove every one of the 8 query/key filters of head 0 of layer 1"),
+        (lambda p: p.layers[0].v.__setitem__(2, []), "remove every one of the 8 value filters of head 2 of layer 0"),
+        (lambda p: setattr(p.layers[2], "mlp", []), "remove every one of the 48 MLP units of layer 2"),
+        (lambda p: setattr(p.layers[0], "heads", []), "remove every one of the 4 heads of layer 0"),
+        (lambda p: setattr(p, "hidden", []), "remove every one of the 32 hidden channels"),
+        (lambda p: p.layers[0].qk.__setitem__(1, [0]), "different numbers of query/key filters in the heads of layer 0"),
+        (lambda p: p.layers[0].qk.__setitem__(1, [0, 1, 2, 3, 4, 5, 6, 9]), r"keeps query/key filters \[9\]"),
+        (lambda p: p.layers.pop(), "The plan has 2 layers but the model has 3"),
+    ],
+)
+def test_invalid_plans(edit, message):
+    model = tiny_model("vit")
+    plan = PruningPlan.identity(32, get_adapter(model).layer_dims())
+    edit(plan)
+    with pytest.raises(ValueError, match=message):
+        apply_plan(model, plan)
+
+
+def test_ratio_that_removes_everything():
+    model = tiny_model("vit")
+    ratios = PruningRatios.uniform(3, qk=0.95)
+    with pytest.raises(ValueError, match="would remove all 8 query/key filters per head of layer 0"):
+        build_plan(model, ratios)
+    with pytest.raises(ValueError, match=r"mlp ratio of layer 1 must be a fraction to remove in \[0, 1\)"):
+        build_plan(model, PruningRatios([0.0] * 3, [0.0] * 3, [0.1, 1.5, 0.0], [0.0] * 3))
+
+
+def test_invalid_snp_config():
+    with pytest.raises(ValueError, match="`v_head_dims` has 2 entries but the model has num_hidden_layers=3"):
+        SNPViTConfig(**TINY, v_head_dims=[4, 4])
+    with pytest.raises(ValueError, match="`intermediate_sizes` must be >= 1 in every layer, got 0 in layer 1"):
+        SNPViTConfig(**TINY, intermediate_sizes=[4, 0, 4])
+
+
+def test_malformed_plan_dict():
+    with pytest.raises(ValueError, match="must be a dict with 'hidden'"):
+        PruningPlan.from_dict({"layers": []})
+    model = tiny_model("deit")
+    plan = random_plan(model)
+    assert PruningPlan.from_dict(plan.to_dict()) == plan
