@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{table:<13}{name:<7}{params:>22}{paper_p:>7}{macs:>18}{pg:>7.1f}"
             f"{'same' if identical else 'DIFF':>8}{elapsed:>6.1f}"
         )
-    print(f"\nPruned models saved under {os.path.abspath(args.output_dir)}/ (load with "
-          "AutoModelForImageClassification.from_pretrained after `import optimum_snp`, or trust_remote_code=True).")
+    print(
+        f"\nPruned models saved under {os.path.abspath(args.output_dir)}/ (load with "
+        "AutoModelForImageClassification.from_pretrained after `import optimum_snp`, or trust_remote_code=True)."
+    )
     return 0 if all(r[6] for r in rows) else 1
 
 

@@ -36,11 +36,11 @@ class LayerPlan:
 
     def qk_rows(self, source: LayerDims) -> list[int]:
         """Flat row indices of q_proj / k_proj that this layer keeps."""
-        return [h * source.qk_head_dim + i for h, dims in zip(self.heads, self.qk) for i in dims]
+        return [h * source.qk_head_dim + i for h, dims in zip(self.heads, self.qk, strict=True) for i in dims]
 
     def v_rows(self, source: LayerDims) -> list[int]:
         """Flat row indices of v_proj (= input columns of o_proj) that this layer keeps."""
-        return [h * source.v_head_dim + i for h, dims in zip(self.heads, self.v) for i in dims]
+        return [h * source.v_head_dim + i for h, dims in zip(self.heads, self.v, strict=True) for i in dims]
 
 
 @dataclass
@@ -120,7 +120,7 @@ class PruningPlan:
                 "applied to the model it was made for."
             )
         _check_indices(self.hidden, hidden_size, "hidden channels", "the model")
-        for idx, (lp, d) in enumerate(zip(self.layers, layer_dims)):
+        for idx, (lp, d) in enumerate(zip(self.layers, layer_dims, strict=True)):
             where = f"layer {idx}"
             _check_indices(lp.heads, d.num_heads, "heads", where)
             _check_indices(lp.mlp, d.intermediate_size, "MLP units", where)
@@ -131,7 +131,7 @@ class PruningPlan:
                         f"The plan lists {len(per_head)} {group} index lists in {where} but keeps {len(lp.heads)} "
                         "heads; give one list per kept head."
                     )
-                for head, kept in zip(lp.heads, per_head):
+                for head, kept in zip(lp.heads, per_head, strict=True):
                     _check_indices(kept, size, f"{name} filters", f"head {head} of {where}")
                 counts = {len(kept) for kept in per_head}
                 if len(counts) > 1:
@@ -144,7 +144,7 @@ class PruningPlan:
         """The same plan with every index list sorted (the pruned model keeps the original order)."""
         layers = []
         for lp in self.layers:
-            pairs = sorted(zip(lp.heads, lp.qk, lp.v), key=lambda t: t[0])
+            pairs = sorted(zip(lp.heads, lp.qk, lp.v, strict=True), key=lambda t: t[0])
             layers.append(
                 LayerPlan(
                     heads=[h for h, _, _ in pairs],
@@ -183,7 +183,7 @@ def plan_from_scores(scores, hidden_size: int, layer_dims: list[LayerDims], rati
     """
     kept_hidden, kept_dims = ratios.kept_dims(hidden_size, layer_dims)
     layers = []
-    for layer_scores, kept in zip(scores.layers, kept_dims):
+    for layer_scores, kept in zip(scores.layers, kept_dims, strict=True):
         heads = topk_sorted(layer_scores.heads, kept.num_heads)
         layers.append(
             LayerPlan(

@@ -25,7 +25,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     keep: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
     for name, axis in adapter.hidden_group():
         keep[name].append((axis, plan.hidden))
-    for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims)):
+    for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims, strict=True)):
         groups = adapter.layer_groups(idx)
         rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp}
         for group, members in groups.items():

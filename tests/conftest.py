@@ -117,7 +117,7 @@ def masked_reference(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
     dims = adapter.layer_dims()
     with torch.no_grad():
-        for idx, (lp, d) in enumerate(zip(plan.layers, dims)):
+        for idx, (lp, d) in enumerate(zip(plan.layers, dims, strict=True)):
             rows = {"qk": lp.qk_rows(d), "v": lp.v_rows(d), "mlp": lp.mlp}
             for group, members in adapter.layer_groups(idx).items():
                 for name, axis in members:

@@ -10,7 +10,9 @@ from .conftest import TINY, random_plan, tiny_model
 
 def test_unsupported_architecture_lists_supported():
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
-    with pytest.raises(ValueError, match="cannot prune BertModel.*Supported model classes: .*DeiTForImageClassification"):
+    with pytest.raises(
+        ValueError, match="cannot prune BertModel.*Supported model classes: .*DeiTForImageClassification"
+    ):
         get_adapter(bert)
     mim = ViTForMaskedImageModeling(tiny_model("vit").config)
     with pytest.raises(ValueError, match="cannot prune ViTForMaskedImageModeling.*ViTForImageClassification"):
@@ -20,12 +22,18 @@ def test_unsupported_architecture_lists_supported():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda p: p.layers[1].qk.__setitem__(0, []), "remove every one of the 8 query/key filters of head 0 of layer 1"),
+        (
+            lambda p: p.layers[1].qk.__setitem__(0, []),
+            "remove every one of the 8 query/key filters of head 0 of layer 1",
+        ),
         (lambda p: p.layers[0].v.__setitem__(2, []), "remove every one of the 8 value filters of head 2 of layer 0"),
         (lambda p: setattr(p.layers[2], "mlp", []), "remove every one of the 48 MLP units of layer 2"),
         (lambda p: setattr(p.layers[0], "heads", []), "remove every one of the 4 heads of layer 0"),
         (lambda p: setattr(p, "hidden", []), "remove every one of the 32 hidden channels"),
-        (lambda p: p.layers[0].qk.__setitem__(1, [0]), "different numbers of query/key filters in the heads of layer 0"),
+        (
+            lambda p: p.layers[0].qk.__setitem__(1, [0]),
+            "different numbers of query/key filters in the heads of layer 0",
+        ),
         (lambda p: p.layers[0].qk.__setitem__(1, [0, 1, 2, 3, 4, 5, 6, 9]), r"keeps query/key filters \[9\]"),
         (lambda p: p.layers.pop(), "The plan has 2 layers but the model has 3"),
     ],

@@ -39,7 +39,7 @@ def test_round_trip_after_import(kind, tmp_path):
     # bit-for-bit: same weights, same attention implementation
     pruned.set_attn_implementation("sdpa")
     assert torch.equal(logits_of(loaded, x), logits_of(pruned, x))
-    for (name, a), (_, b) in zip(pruned.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(pruned.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -90,6 +90,7 @@ class SNPViTConfig(SNPConfigMixin, ViTConfig):
 
     model_type = "snp_vit"
 
+
 @strict
 class SNPDeiTConfig(SNPConfigMixin, DeiTConfig):
     r"""Configuration of an SNP-pruned DeiT (`model_type="snp_deit"`); see [`SNPConfigMixin`] for the extra fields."""

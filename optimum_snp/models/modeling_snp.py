@@ -116,6 +116,18 @@ class SNPViTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": SNPLayer, "attentions": SNPAttention}
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # safetensors weights are memory-mapped at arbitrary byte offsets; CPU kernels take other SIMD paths on
+        # unaligned data, which moves logits by ~1e-7. Re-allocated (64-byte aligned) copies make a reloaded
+        # model compute bit-for-bit what the saved one did.
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+        return model
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
