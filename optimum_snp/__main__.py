@@ -13,37 +13,26 @@ import time
 
 import torch
 
-
-DEIT_SIZES = {
-    "tiny": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
-    "small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
-    "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-}
-# table -> (model, paper's params after (M) or None, paper's GFLOPs after), from SNP_METHOD section 4/5
-PAPER = {
-    "DeiT_t": ("tiny", None, 0.6),
-    "DeiT_s": ("small", 10.0, 2.0),
-    "DeiT_s_small": ("small", None, 1.3),
-    "DeiT_b": ("base", 31.6, 6.4),
-}
+from .paper import PAPER_TABLES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="snp-output", help="where the pruned models are saved")
-    parser.add_argument("--tables", nargs="+", default=list(PAPER), choices=list(PAPER))
+    parser.add_argument("--tables", nargs="+", default=list(PAPER_TABLES), choices=list(PAPER_TABLES))
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForImageClassification, DeiTConfig, DeiTForImageClassification
+    from transformers import AutoModelForImageClassification, DeiTForImageClassification
 
     from . import apply_plan, build_plan, model_size_of
+    from .paper import deit_config
 
     torch.manual_seed(0)
     rows = []
     for table in args.tables:
-        name, paper_params, paper_gflops = PAPER[table]
+        name, paper_params, paper_gflops = PAPER_TABLES[table]
         start = time.perf_counter()
-        model = DeiTForImageClassification(DeiTConfig(num_labels=1000, **DEIT_SIZES[name])).eval()
+        model = DeiTForImageClassification(deit_config(name)).eval()
         pruned = apply_plan(model, build_plan(model, table))
         elapsed = time.perf_counter() - start
         out_dir = os.path.join(args.output_dir, f"deit-{name}-{table}")

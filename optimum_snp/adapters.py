@@ -44,7 +44,11 @@ def layer_dims_from_config(config) -> list[LayerDims]:
         return [
             LayerDims(h, qk, v, m)
             for h, qk, v, m in zip(
-                config.num_heads_per_layer, config.qk_head_dims, config.v_head_dims, config.intermediate_sizes, strict=False
+                config.num_heads_per_layer,
+                config.qk_head_dims,
+                config.v_head_dims,
+                config.intermediate_sizes,
+                strict=False,
             )
         ]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import DeiTConfig, DeiTForImageClassification
+from transformers import DeiTForImageClassification
 
 from optimum_snp import (
     PruningRatios,
@@ -14,15 +14,11 @@ from optimum_snp import (
     load_ratio_table,
     model_size_of,
 )
+from optimum_snp.paper import deit_config
 
 from .conftest import tiny_model
 
 
-DEIT = {
-    "tiny": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
-    "small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
-    "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-}
 # SNP_METHOD section 4 / the paper: (model, params after or None, GMACs after)
 PAPER = {
     "DeiT_t": ("tiny", None, 0.64),
@@ -40,7 +36,7 @@ def test_tables_ship_with_the_package():
 def test_paper_size_table(table):
     name, params, gmacs = PAPER[table]
     torch.manual_seed(0)
-    model = DeiTForImageClassification(DeiTConfig(num_labels=1000, image_size=224, **DEIT[name])).eval()
+    model = DeiTForImageClassification(deit_config(name, image_size=224)).eval()
     pruned = apply_plan(model, build_plan(model, table))
     size = model_size_of(pruned)
     assert size.params == sum(p.numel() for p in pruned.parameters())
