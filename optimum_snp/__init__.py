@@ -5,6 +5,7 @@ Importing the package registers the pruned model family with the transformers Au
 
 from .accounting import ModelSize, model_size, model_size_of
 from .adapters import DeiTAdapter, LayerDims, ViTAdapter, get_adapter, supported_model_classes
+from .config import SNPConfig
 from .models import (
     SNPDeiTConfig,
     SNPDeiTForImageClassification,
@@ -15,7 +16,8 @@ from .models import (
     SNPViTModel,
     register_auto_classes,
 )
-from .plan import LayerPlan, PruningPlan, build_plan, plan_from_scores
+from .plan import LayerPlan, PruningPlan, build_plan, plan_from_kept_dims, plan_from_scores
+from .pruner import SNPPruner
 from .ratios import PruningRatios, available_ratio_tables, load_ratio_table
 from .slicing import apply_plan
 from .version import __version__
@@ -25,6 +27,9 @@ register_auto_classes()
 
 __all__ = [
     "__version__",
+    "SNPConfig",
+    "SNPPruner",
+    "plan_from_kept_dims",
     "ModelSize",
     "model_size",
     "model_size_of",

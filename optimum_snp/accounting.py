@@ -46,24 +46,38 @@ def _heads_and_pooler(config, architecture: str | None) -> tuple[int, bool]:
     )
 
 
-def model_size(config, architecture: str | None = None, image_size: int | None = None) -> ModelSize:
+def num_tokens(config, image_size: int | None = None) -> int:
+    """Sequence length: patches plus the class (and, for DeiT, distillation) token."""
+    height, width = _pair(image_size or config.image_size)
+    ph, pw = _pair(config.patch_size)
+    return (height // ph) * (width // pw) + (2 if config.model_type in ("deit", "snp_deit") else 1)
+
+
+def model_size(
+    config,
+    architecture: str | None = None,
+    image_size: int | None = None,
+    hidden_size: int | None = None,
+    layer_dims: list[LayerDims] | None = None,
+) -> ModelSize:
     """Params and MACs per image of the model `architecture` (class name, default `config.architectures[0]`).
 
-    Works for stock ViT/DeiT configs and SNP configs (per-layer dims). `image_size` overrides the config's.
+    Works for stock ViT/DeiT configs and SNP configs (per-layer dims). `image_size` overrides the config's;
+    `hidden_size` and `layer_dims` give the size the model would have with those dims.
     """
     num_heads_out, has_pooler = _heads_and_pooler(config, architecture)
-    d = config.hidden_size
+    d = hidden_size or config.hidden_size
     height, width = _pair(image_size or config.image_size)
     ph, pw = _pair(config.patch_size)
     patches = (height // ph) * (width // pw)
-    special = 2 if config.model_type in ("deit", "snp_deit") else 1
-    tokens = patches + special
+    tokens = num_tokens(config, image_size)
+    special = tokens - patches
     patch_in = config.num_channels * ph * pw
     qkv_bias = 1 if config.qkv_bias else 0
 
     params = patch_in * d + d + special * d + (patches + special) * d  # conv, tokens, position embeddings
     macs = patches * patch_in * d
-    dims: list[LayerDims] = layer_dims_from_config(config)
+    dims: list[LayerDims] = layer_dims or layer_dims_from_config(config)
     for ld in dims:
         qk, v = ld.num_heads * ld.qk_head_dim, ld.num_heads * ld.v_head_dim
         m = ld.intermediate_size
@@ -82,7 +96,12 @@ def model_size(config, architecture: str | None = None, image_size: int | None =
     return ModelSize(params=params, macs=macs)
 
 
+def architecture_of(model) -> str:
+    """The stock class name of a model (`SNP` prefix dropped), which decides its heads."""
+    name = type(model).__name__
+    return name[3:] if name.startswith("SNP") else name
+
+
 def model_size_of(model, image_size: int | None = None) -> ModelSize:
     """`model_size` of a model instance (its class decides the heads)."""
-    name = type(model).__name__
-    return model_size(model.config, name[3:] if name.startswith("SNP") else name, image_size)
+    return model_size(model.config, architecture_of(model), image_size)

@@ -176,20 +176,33 @@ def topk_sorted(scores: torch.Tensor, k: int) -> list[int]:
 
 
 def plan_from_scores(scores, hidden_size: int, layer_dims: list[LayerDims], ratios) -> PruningPlan:
-    """Keeps the highest-scoring units of every group in the numbers that `ratios` (`PruningRatios`) leave.
-
-    Heads are chosen first; query/key and value filters are then chosen inside every kept head, the same
-    number in each head of a layer.
-    """
+    """Keeps the highest-scoring units of every group in the numbers that `ratios` (`PruningRatios`) leave."""
     kept_hidden, kept_dims = ratios.kept_dims(hidden_size, layer_dims)
+    return plan_from_kept_dims(scores, kept_hidden, kept_dims)
+
+
+def plan_from_kept_dims(scores, kept_hidden: int, kept_dims: list[LayerDims]) -> PruningPlan:
+    """Keeps the highest-scoring units of every group, `kept_hidden` channels and `kept_dims` per layer.
+
+    Heads are chosen first; query/key and value filters are then chosen inside every kept head, the same number
+    in each head of a layer (value filters greedily when the scores carry a redundancy matrix).
+    """
+    from .scoring.snp import greedy_redundancy_keep
+
     layers = []
     for layer_scores, kept in zip(scores.layers, kept_dims, strict=True):
         heads = topk_sorted(layer_scores.heads, kept.num_heads)
+        if layer_scores.v_similarity is not None:
+            v = greedy_redundancy_keep(
+                layer_scores.v_contribution, layer_scores.v_similarity.abs(), heads, kept.v_head_dim
+            )
+        else:
+            v = [topk_sorted(layer_scores.v[h], kept.v_head_dim) for h in heads]
         layers.append(
             LayerPlan(
                 heads=heads,
                 qk=[topk_sorted(layer_scores.qk[h], kept.qk_head_dim) for h in heads],
-                v=[topk_sorted(layer_scores.v[h], kept.v_head_dim) for h in heads],
+                v=v,
                 mlp=topk_sorted(layer_scores.mlp, kept.intermediate_size),
             )
         )

@@ -1,0 +1,108 @@
+"""Pruning speed: time of `SNPPruner.prune()` over the time of one plain forward pass on the same images.
+
+DeiT-Base built from its config (random weights, 224x224, 1000 classes), 64 calibration images (scikit-learn
+digits, upscaled by the derived image processor), measured in one process: forward, prune, forward again (the
+ratio uses the mean of the two forward timings). Also the peak resident memory after each phase.
+
+    python benchmarks/prune_speed.py [--size base] [--images 64] [--target-macs-ratio 0.36]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def digits_images(n: int):
+    import datasets
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((x * 255 / 16).round().astype(np.uint8)).convert("RGB") for x in digits.images[:n]]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    return datasets.Dataset.from_dict({"image": images, "label": digits.target[:n].tolist()}, features=features)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base", choices=["tiny", "small", "base"])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--target-macs-ratio", type=float, default=0.36, help="0.36 ~ the paper's DeiT-B 6.4 GMACs")
+    parser.add_argument("--criterion", default="snp")
+    args = parser.parse_args(argv)
+
+    from transformers import DeiTForImageClassification
+
+    from optimum_snp import SNPConfig, SNPPruner, model_size_of
+    from optimum_snp.calibration import calibration_batches
+    from optimum_snp.cli import parse_criterion
+    from optimum_snp.paper import deit_config
+
+    torch.manual_seed(0)
+    model = DeiTForImageClassification(deit_config(args.size)).eval()
+    data = digits_images(args.images)
+    pruner = SNPPruner.from_pretrained(model)
+    batches = calibration_batches(
+        data, pruner.image_processor, num_samples=args.images, batch_size=args.batch_size, show_progress=False
+    )
+
+    def forward() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for pixel_values in batches:
+                model(pixel_values=pixel_values)
+        return time.perf_counter() - start
+
+    forward()  # warm-up (allocator, kernels), not timed
+    t_forward_1 = forward()
+    rss_forward = peak_rss_gib()
+    config = SNPConfig(
+        target_macs_ratio=args.target_macs_ratio,
+        criterion=parse_criterion(args.criterion),
+        num_calibration_samples=args.images,
+        batch_size=args.batch_size,
+    )
+    start = time.perf_counter()
+    pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
+    t_prune = time.perf_counter() - start
+    rss_prune = peak_rss_gib()
+    t_forward_2 = forward()
+    t_forward = (t_forward_1 + t_forward_2) / 2
+
+    size_before, size_after = model_size_of(model), model_size_of(pruned)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, python {sys.version.split()[0]}"
+    )
+    print(
+        f"DeiT-{args.size}: {size_before.gmacs:.2f} -> {size_after.gmacs:.2f} GMACs "
+        f"({size_after.macs / size_before.macs:.1%} kept), criterion {pruner.report['criteria']}"
+    )
+    print(
+        "| images | forward (s) | prune() (s) | of which scoring (s) | prune / forward | peak RSS after forward "
+        "| peak RSS after prune |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.images} | {t_forward:.2f} ({t_forward_1:.2f}, {t_forward_2:.2f}) | {t_prune:.2f} | "
+        f"{pruner.report['seconds']['scoring']:.2f} | {t_prune / t_forward:.2f} | {rss_forward:.2f} GiB | "
+        f"{rss_prune:.2f} GiB |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Registers `optimum-cli snp prune` (this folder is a PEP 420 namespace: no __init__.py).
+
+Kept light: the heavy imports (torch, transformers, optimum_snp) happen inside `run()`.
+"""
+
+from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+
+def add_prune_arguments(parser) -> None:
+    """Options of `optimum-cli snp prune` and `snp-prune` (the same parser for both)."""
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="Hub id or local folder of a ViT/DeiT (or SNP) image classifier. Default: the embedded digits ViT, "
+        "trained on first use from scikit-learn's digits (no network needed).",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="Calibration data: a dataset name, a local folder of images (imagefolder) or a save_to_disk folder. "
+        "Default with the embedded model: the digits train split.",
+    )
+    parser.add_argument("--split", default="train", help="Split of --dataset used for calibration.")
+    parser.add_argument("--eval-split", default=None, help="Split to report top-1 on before/after (needs labels).")
+    parser.add_argument("--image-column", default=None, help="Image column (default: pixel_values, image or img).")
+    parser.add_argument("--label-column", default="label", help="Label column for --eval-split.")
+    parser.add_argument("--num-samples", type=int, default=64, help="Number of calibration images.")
+    parser.add_argument("--batch-size", type=int, default=16, help="Calibration batch size.")
+    ratios = parser.add_argument_group("how much to prune (fraction REMOVED, or a MACs target)")
+    for name, what in (
+        ("qk", "query/key dims per head"),
+        ("v", "value dims per head"),
+        ("mlp", "MLP units"),
+        ("head", "whole heads"),
+    ):
+        ratios.add_argument(
+            f"--{name}-ratio",
+            type=float,
+            nargs="+",
+            default=None,
+            help=f"Fraction of {what} removed: one value, or one per layer.",
+        )
+    ratios.add_argument("--hidden-ratio", type=float, default=None, help="Fraction of hidden channels removed.")
+    ratios.add_argument(
+        "--ratio-table", default=None, help="Authors' table: DeiT_t, DeiT_s, DeiT_s_small, DeiT_b or a path."
+    )
+    ratios.add_argument("--target-macs", type=float, default=None, help="Absolute MACs per image to reach.")
+    ratios.add_argument(
+        "--target-macs-ratio",
+        type=float,
+        default=None,
+        help="Fraction of the original MACs to KEEP (automatic allocation). Default with no ratio given: 0.5.",
+    )
+    parser.add_argument(
+        "--criterion",
+        default="snp",
+        help="'snp', 'magnitude', 'random', or per group, e.g. 'qk=svd,v=redundancy,mlp=magnitude'.",
+    )
+    parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
+    parser.add_argument("--output-dir", "-o", default="snp-output", help="Where the pruned model is saved.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+class SNPPruneCommand(BaseOptimumCLICommand):
+    @staticmethod
+    def parse_args(parser) -> None:
+        add_prune_arguments(parser)
+
+    def run(self):
+        from optimum_snp.cli import run_prune
+
+        status = run_prune(self.args)
+        if status:
+            raise SystemExit(status)
+
+
+class SNPCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(name="snp", help="SNP structured pruning of ViT/DeiT models.")
+    SUBCOMMANDS = (
+        CommandInfo(
+            name="prune",
+            help="Prune a ViT/DeiT with SNP (calibrate, score, allocate, slice, save).",
+            subcommand_class=SNPPruneCommand,
+        ),
+    )
+
+
+REGISTER_COMMANDS = [SNPCommand]

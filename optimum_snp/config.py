@@ -1,0 +1,206 @@
+"""`SNPConfig`: how a model is pruned, a validated dataclass saved as `snp_config.json` next to the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from .ratios import PruningRatios, load_ratio_table
+from .version import __version__
+
+
+SNP_CONFIG_NAME = "snp_config.json"
+GROUPS = ("qk", "v", "mlp", "hidden", "heads")
+# criterion names per group; "snp" is the shipped default of each group (chosen by benchmarks/ablation.py)
+CRITERIA = {
+    "qk": ("snp", "attention", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
+    "v": ("snp", "contribution", "redundancy", "redundancy_only", "magnitude", "random"),
+    "mlp": ("snp", "contribution", "magnitude", "random"),
+    "hidden": ("snp", "contribution", "magnitude", "random"),
+    "heads": ("snp", "contribution", "magnitude", "random"),
+}
+# what "snp" means for each group
+SNP_DEFAULTS = {
+    "qk": "attention",
+    "v": "contribution",
+    "mlp": "contribution",
+    "hidden": "contribution",
+    "heads": "contribution",
+}
+
+
+def _check_fraction(value, name: str, allow_list: bool = True) -> None:
+    is_list = isinstance(value, (list, tuple)) and allow_list
+    for i, v in enumerate(value if is_list else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+            where = f"{name}[{i}]" if is_list else name
+            raise ValueError(
+                f"`{where}` must be a fraction of units to REMOVE in [0, 1), got {v!r}"
+                + (": a float for every layer, or a list with one value per layer." if allow_list else ".")
+            )
+
+
+@dataclass
+class SNPConfig:
+    """How to prune a ViT/DeiT with SNP.
+
+    Ratios are the fraction of units REMOVED: a float (every layer) or a list with one value per layer.
+    With `target_macs` or `target_macs_ratio`, the query/key, value and MLP ratios are allocated automatically
+    (per layer, by comparing normalized scores across layers); `head_ratio` and `hidden_ratio` still apply.
+    """
+
+    qk_ratio: float | list[float] = field(default=0.0, metadata={"help": "Query/key dims per head removed."})
+    v_ratio: float | list[float] = field(default=0.0, metadata={"help": "Value dims per head removed."})
+    mlp_ratio: float | list[float] = field(default=0.0, metadata={"help": "MLP units removed."})
+    hidden_ratio: float = field(default=0.0, metadata={"help": "Hidden (residual) channels removed, model-wide."})
+    head_ratio: float | list[float] = field(default=0.0, metadata={"help": "Whole heads removed."})
+    target_macs: float | None = field(default=None, metadata={"help": "Absolute MACs per image to reach."})
+    target_macs_ratio: float | None = field(
+        default=None, metadata={"help": "Fraction of the original MACs to KEEP, in (0, 1]."}
+    )
+    criterion: str | dict = field(
+        default="snp", metadata={"help": "'snp', 'magnitude', 'random', or a dict group -> criterion name."}
+    )
+    qk_rank: int = field(default=4, metadata={"help": "Singular triplets used by the 'svd' query/key criteria."})
+    max_allocated_ratio: float = field(
+        default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
+    )
+    num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images."})
+    batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and of the 'random' criterion."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column of the calibration dataset."})
+    ratio_table: str | None = field(default=None, metadata={"help": "Name/path of the ratio table used, if any."})
+
+    def __post_init__(self):
+        for name in ("qk_ratio", "v_ratio", "mlp_ratio", "head_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            _check_fraction(value, name)
+        if isinstance(self.hidden_ratio, (list, tuple)):
+            raise ValueError("`hidden_ratio` is model-wide (the residual stream): give one float, not a list.")
+        _check_fraction(self.hidden_ratio, "hidden_ratio", allow_list=False)
+        if self.target_macs is not None and self.target_macs_ratio is not None:
+            raise ValueError("Set either `target_macs` (absolute) or `target_macs_ratio` (fraction kept), not both.")
+        if self.target_macs is not None and not self.target_macs > 0:
+            raise ValueError(f"`target_macs` must be > 0, got {self.target_macs!r}.")
+        if self.target_macs_ratio is not None and not 0.0 < self.target_macs_ratio <= 1.0:
+            raise ValueError(
+                f"`target_macs_ratio` is the fraction of MACs to KEEP, in (0, 1]; got {self.target_macs_ratio!r}."
+            )
+        if self.has_target and any(self._nonzero(getattr(self, n)) for n in ("qk_ratio", "v_ratio", "mlp_ratio")):
+            raise ValueError(
+                "With `target_macs`/`target_macs_ratio` the qk/v/mlp ratios are allocated automatically; leave "
+                "`qk_ratio`, `v_ratio` and `mlp_ratio` at 0 (head_ratio and hidden_ratio may be set)."
+            )
+        self.criterion_per_group()  # validates
+        if not isinstance(self.qk_rank, int) or self.qk_rank < 1:
+            raise ValueError(f"`qk_rank` must be an int >= 1, got {self.qk_rank!r}.")
+        if not 0.0 < self.max_allocated_ratio < 1.0:
+            raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
+        for name in ("num_calibration_samples", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {getattr(self, name)!r}.")
+
+    @staticmethod
+    def _nonzero(value) -> bool:
+        return any(v != 0 for v in value) if isinstance(value, list) else value != 0
+
+    @property
+    def has_target(self) -> bool:
+        return self.target_macs is not None or self.target_macs_ratio is not None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(c not in ("magnitude", "random") for c in self.criterion_per_group().values())
+
+    def criterion_per_group(self) -> dict[str, str]:
+        """The resolved criterion of every group (`"snp"` replaced by the shipped default of that group)."""
+        if isinstance(self.criterion, str):
+            if self.criterion not in ("snp", "magnitude", "random"):
+                raise ValueError(
+                    f"Unknown criterion {self.criterion!r}: use 'snp', 'magnitude', 'random', or a dict mapping groups "
+                    f"{list(GROUPS)} to criteria {CRITERIA}."
+                )
+            chosen = dict.fromkeys(GROUPS, self.criterion)
+        elif isinstance(self.criterion, dict):
+            unknown = sorted(set(self.criterion) - set(GROUPS))
+            if unknown:
+                raise ValueError(f"Unknown criterion group(s) {unknown}; groups are {list(GROUPS)}.")
+            chosen = {**dict.fromkeys(GROUPS, "snp"), **self.criterion}
+        else:
+            raise ValueError(f"`criterion` must be a str or a dict, got {type(self.criterion).__name__}.")
+        for group, name in chosen.items():
+            if name not in CRITERIA[group]:
+                raise ValueError(f"Unknown {group} criterion {name!r}; choose one of {list(CRITERIA[group])}.")
+        return {g: SNP_DEFAULTS[g] if n == "snp" else n for g, n in chosen.items()}
+
+    def pruning_ratios(self, num_layers: int) -> PruningRatios:
+        """Per-layer ratios for a model with `num_layers` layers (lists are checked against it)."""
+
+        def per_layer(name):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                if len(value) != num_layers:
+                    raise ValueError(
+                        f"`{name}` has {len(value)} values but the model has {num_layers} layers; give one per layer "
+                        "or a single float."
+                    )
+                return [float(v) for v in value]
+            return [float(value)] * num_layers
+
+        return PruningRatios(
+            qk=per_layer("qk_ratio"),
+            v=per_layer("v_ratio"),
+            mlp=per_layer("mlp_ratio"),
+            heads=per_layer("head_ratio"),
+            hidden=float(self.hidden_ratio),
+        )
+
+    @classmethod
+    def from_ratio_table(cls, table: str | os.PathLike | dict, **kwargs) -> SNPConfig:
+        """A config with the per-layer ratios of an authors'-format table (name, path or dict)."""
+        ratios = load_ratio_table(table)
+        name = table if isinstance(table, str) else (os.fspath(table) if not isinstance(table, dict) else None)
+        return cls(
+            qk_ratio=ratios.qk,
+            v_ratio=ratios.v,
+            mlp_ratio=ratios.mlp,
+            hidden_ratio=ratios.hidden,
+            ratio_table=name,
+            **kwargs,
+        )
+
+    # ---- serialization ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {**asdict(self), "optimum_snp_version": __version__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SNPConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"optimum_snp_version"})
+        if unknown:
+            raise ValueError(f"Unknown SNPConfig field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, SNP_CONFIG_NAME)
+        with open(path, "w") as f:
+            f.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SNPConfig:
+        """Reads `snp_config.json` from a folder (or the file itself)."""
+        path = os.fspath(path)
+        file = os.path.join(path, SNP_CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ValueError(f"No {SNP_CONFIG_NAME} found at {path}.")
+        with open(file) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,294 @@
+"""The embedded default model: a small ViT trained on scikit-learn's digits, so the pipeline runs without network.
+
+`digits_dataset()` turns the 1797 8x8 digits into a `datasets.DatasetDict` of RGB images; `load_embedded_model()`
+returns the folder of a ViT trained on it (training it in about a minute on first use and caching it);
+`evaluate_top1()` measures any image classifier on a `datasets` split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+import transformers
+from tqdm.auto import tqdm
+from transformers import ViTConfig, ViTForImageClassification
+
+from .version import __version__
+
+
+DIGITS_IMAGE_SIZE = 32
+DIGITS_LABELS = [str(i) for i in range(10)]
+DEFAULT_EPOCHS = 14
+TRAINING_FILE = "training.json"
+_CACHE_ENV = "OPTIMUM_SNP_CACHE"
+_MODEL_FOLDER = "digits-vit"
+_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", TRAINING_FILE)
+
+
+def digits_dataset(seed: int = 0) -> datasets.DatasetDict:
+    """scikit-learn's 1797 8x8 digits as a `DatasetDict` with a fixed stratified 'train' (70%) / 'test' (30%) split.
+
+    Columns: 'image' (RGB 8x8 PIL images, uint8 = round(value * 255 / 16)) and 'label' (`ClassLabel` '0'..'9').
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.3, stratify=labels, random_state=seed)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGITS_LABELS)})
+
+    def split(indices):
+        images = [PIL.Image.fromarray(np.repeat(pixels[i][..., None], 3, axis=-1)) for i in indices]
+        return datasets.Dataset.from_dict({"image": images, "label": labels[indices].tolist()}, features=features)
+
+    return datasets.DatasetDict({"train": split(train_idx), "test": split(test_idx)})
+
+
+def digits_config() -> ViTConfig:
+    """The embedded model's architecture: 4 layers, hidden 96, 4 heads of 24, MLP 384, 4x4 patches of 32x32."""
+    return ViTConfig(
+        image_size=DIGITS_IMAGE_SIZE,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=384,
+        num_labels=len(DIGITS_LABELS),
+        id2label=dict(enumerate(DIGITS_LABELS)),
+        label2id={name: i for i, name in enumerate(DIGITS_LABELS)},
+        hidden_dropout_prob=0.0,
+    )
+
+
+def digits_image_processor():
+    """The embedded model's `ViTImageProcessor`: bilinear resize to 32x32, then scale to [-1, 1]."""
+    try:
+        import torchvision  # noqa: F401
+        from transformers import ViTImageProcessor as processor_cls
+    except ImportError:  # the torchvision-backed class would only warn and fall back to this one
+        from transformers import ViTImageProcessorPil as processor_cls
+    return processor_cls(
+        size={"height": DIGITS_IMAGE_SIZE, "width": DIGITS_IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        resample=PIL.Image.BILINEAR,
+    )
+
+
+def embedded_model_dir(cache_dir: str | None = None) -> str:
+    """Where the trained model lives: `cache_dir`, else `$OPTIMUM_SNP_CACHE/digits-vit`, else
+    `~/.cache/optimum_snp/digits-vit`."""
+    if cache_dir is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+    root = os.environ.get(_CACHE_ENV) or os.path.join("~", ".cache", "optimum_snp")
+    return os.path.abspath(os.path.join(os.path.expanduser(root), _MODEL_FOLDER))
+
+
+def _is_complete(model_dir: str) -> bool:
+    return all(os.path.isfile(os.path.join(model_dir, name)) for name in _MODEL_FILES)
+
+
+def load_embedded_model(cache_dir: str | None = None, retrain: bool = False, show_progress: bool = True) -> str:
+    """Path of the trained digits ViT (model, image processor and `training.json`); trains and caches it on first
+    use or when `retrain=True`.
+
+    The model is trained into a temporary sibling folder and renamed into place, so an interrupted run never leaves
+    a half-written model, and concurrent callers never corrupt it (the first to finish wins).
+    """
+    final_dir = embedded_model_dir(cache_dir)
+    if not retrain and _is_complete(final_dir):
+        return final_dir
+    if not retrain and os.path.exists(final_dir) and os.listdir(final_dir):
+        raise FileExistsError(
+            f"{final_dir} exists but does not hold a complete embedded model (missing one of {list(_MODEL_FILES)}); "
+            "delete it, pass another `cache_dir`, or pass `retrain=True` to replace it."
+        )
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    try:
+        train_digits_vit(tmp_dir, show_progress=show_progress)
+        _publish(tmp_dir, final_dir, replace=retrain or os.path.exists(final_dir))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a no-op once published
+    return final_dir
+
+
+def _publish(tmp_dir: str, final_dir: str, replace: bool) -> None:
+    """Rename `tmp_dir` to `final_dir`; with `replace`, an existing `final_dir` is moved aside and deleted first."""
+    old_dir = None
+    if replace:
+        old_dir = f"{final_dir}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(final_dir, old_dir)
+        except FileNotFoundError:
+            old_dir = None
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        if not _is_complete(final_dir):  # the target exists and is not a finished model from a concurrent caller
+            raise
+    finally:
+        if old_dir is not None:
+            shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def _shift(pixel_values: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift], filling with the background."""
+    batch, _, height, width = pixel_values.shape
+    background = pixel_values.amin()
+    padded = F.pad(pixel_values, (max_shift,) * 4, value=float(background))
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, batch), generator=generator)
+    rows = (dy[:, None] + torch.arange(height))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width))[:, None, None, :]
+    return padded[
+        torch.arange(batch)[:, None, None, None], torch.arange(padded.shape[1])[None, :, None, None], rows, cols
+    ]
+
+
+def train_digits_vit(
+    output_dir: str,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    show_progress: bool = True,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 0.05,
+    warmup_fraction: float = 0.1,
+    label_smoothing: float = 0.1,
+) -> dict:
+    """Train the digits ViT from scratch and save it (model, image processor, `training.json`) to `output_dir`.
+
+    A plain loop: AdamW, linear warmup then cosine decay, random shifts of up to 1 digit pixel, label smoothing.
+    Returns the metrics written to `training.json` ('top1' is the test accuracy).
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data = digits_dataset(seed)
+    processor = digits_image_processor()
+    pixel_values = processor(list(data["train"]["image"]), return_tensors="pt")["pixel_values"]
+    labels = torch.tensor(data["train"]["label"])
+    max_shift = DIGITS_IMAGE_SIZE // 8  # one pixel of the 8x8 digit
+
+    model = ViTForImageClassification(digits_config())
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate
+    )
+    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = max(1, int(warmup_fraction * total_steps))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    progress = tqdm(range(epochs), desc="training digits ViT", unit="epoch", disable=not show_progress)
+    for _ in progress:
+        order = torch.randperm(len(labels), generator=generator)
+        total_loss = 0.0
+        for begin in range(0, len(labels), batch_size):
+            idx = order[begin : begin + batch_size]
+            logits = model(pixel_values=_shift(pixel_values[idx], max_shift, generator)).logits
+            loss = F.cross_entropy(logits, labels[idx], label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+        progress.set_postfix(loss=f"{total_loss / len(labels):.3f}")
+
+    top1 = evaluate_top1(model, data["test"], processor)
+    metrics = {
+        "top1": round(top1, 6),
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - start, 2),
+        "seed": seed,
+        "num_train": len(data["train"]),
+        "num_test": len(data["test"]),
+        "dataset": "sklearn.datasets.load_digits, stratified 70/30 split",
+        "versions": {
+            "optimum_snp": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, TRAINING_FILE), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def evaluate_top1(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    image_processor,
+    batch_size: int = 128,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> float:
+    """Top-1 accuracy (0..1) of an image classifier (any model whose output has `.logits`) on a `datasets` split,
+    preprocessing images with `image_processor`."""
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"Column {column!r} is not in the dataset (columns: {dataset.column_names}); pass "
+                "`image_column=` / `label_column=`."
+            )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty; pass a split with at least one example.")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.inference_mode():
+            for begin in range(0, len(dataset), batch_size):
+                batch = dataset[begin : begin + batch_size]
+                images = [image.convert("RGB") if image.mode != "RGB" else image for image in batch[image_column]]
+                inputs = image_processor(images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+                predictions = model(pixel_values=inputs).logits.argmax(-1).cpu()
+                correct += int((predictions == torch.as_tensor(batch[label_column])).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(dataset)
+
+
+__all__ = [
+    "DIGITS_IMAGE_SIZE",
+    "digits_dataset",
+    "digits_config",
+    "digits_image_processor",
+    "embedded_model_dir",
+    "load_embedded_model",
+    "train_digits_vit",
+    "evaluate_top1",
+]

@@ -1,0 +1,211 @@
+"""`SNPPruner`: the thin entry point. `from_pretrained(model)`, then `prune(config, calibration_dataset, save_dir)`.
+
+calibrate (calibration.py) -> score (scoring/) -> allocate (allocation.py) -> plan (plan.py) -> slice (slicing.py)
+-> save (model, image processor, snp_config.json, pruning plan and report; atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from torch import nn
+
+from .accounting import architecture_of, model_size_of
+from .adapters import get_adapter
+from .allocation import allocate_dims
+from .calibration import calibration_batches, resolve_image_processor
+from .config import SNPConfig
+from .plan import PruningPlan, plan_from_kept_dims
+from .ratios import PruningRatios
+from .scoring.snp import snp_scores
+from .slicing import apply_plan
+from .version import __version__
+
+
+logger = logging.getLogger(__name__)
+
+PLAN_NAME = "pruning_plan.json"
+REPORT_NAME = "pruning_report.json"
+
+
+class SNPPruner:
+    """Prunes a transformers ViT/DeiT (or an already pruned SNP model) with SNP.
+
+    Example:
+        >>> pruner = SNPPruner.from_pretrained("facebook/deit-small-patch16-224")
+        >>> pruned = pruner.prune(SNPConfig(target_macs_ratio=0.5), calibration_dataset="imagenet-1k", save_dir="out")
+    """
+
+    def __init__(self, model: nn.Module, image_processor=None, source: str | None = None):
+        get_adapter(model)  # fails early, listing the supported classes
+        self.model = model
+        self.source = source if source is not None else (getattr(model, "name_or_path", None) or None)
+        self.image_processor = image_processor or resolve_image_processor(self.source, model.config)
+        self.plan: PruningPlan | None = None
+        self.report: dict | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, model_or_path: nn.Module | str | os.PathLike, image_processor=None, **kwargs
+    ) -> SNPPruner:
+        """From a model instance, a local folder or a Hub id (loaded with `AutoModelForImageClassification`;
+        `kwargs` go to `from_pretrained`)."""
+        if isinstance(model_or_path, nn.Module):
+            return cls(model_or_path, image_processor=image_processor)
+        from transformers import AutoModelForImageClassification
+
+        source = os.fspath(model_or_path)
+        model = AutoModelForImageClassification.from_pretrained(source, **kwargs)
+        return cls(model.eval(), image_processor=image_processor, source=source)
+
+    # ---- the verb ---------------------------------------------------------------------------------------
+    def prune(
+        self,
+        config: SNPConfig | None = None,
+        calibration_dataset=None,
+        save_dir: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        split: str = "train",
+        show_progress: bool = True,
+    ) -> nn.Module:
+        """Returns the pruned model (an SNP model class); with `save_dir`, also writes it there atomically."""
+        config = config if config is not None else SNPConfig()
+        if not isinstance(config, SNPConfig):
+            raise ValueError(f"`config` must be an SNPConfig, got {type(config).__name__}.")
+        if save_dir is not None:
+            self._check_save_dir(save_dir, overwrite)
+        adapter = get_adapter(self.model)
+        ratios = config.pruning_ratios(adapter.num_layers)
+        criteria = config.criterion_per_group()
+        start = time.perf_counter()
+
+        batches = None
+        if config.needs_calibration:
+            if calibration_dataset is None:
+                raise ValueError(
+                    f"Criteria {criteria} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
+                    "a dataset name or a folder of images), or use criterion='magnitude'."
+                )
+            batches = calibration_batches(
+                calibration_dataset,
+                self.image_processor,
+                num_samples=config.num_calibration_samples,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                image_column=config.image_column,
+                split=split,
+                show_progress=show_progress,
+            )
+        scores = snp_scores(
+            self.model, batches, criteria, qk_rank=config.qk_rank, seed=config.seed, show_progress=show_progress
+        )
+        scored = time.perf_counter()
+
+        kept_hidden, kept_dims = self._kept_dims(config, ratios, scores)
+        plan = plan_from_kept_dims(scores, kept_hidden, kept_dims)
+        plan.metadata.update(criteria=criteria, snp_config=config.to_dict())
+        pruned = apply_plan(self.model, plan)
+        done = time.perf_counter()
+
+        self.plan = plan
+        self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
+        if save_dir is not None:
+            self.save(pruned, save_dir, config, overwrite=overwrite)
+        return pruned
+
+    def _kept_dims(self, config: SNPConfig, ratios: PruningRatios, scores):
+        adapter = get_adapter(self.model)
+        layer_dims = adapter.layer_dims()
+        if not config.has_target:
+            return ratios.kept_dims(adapter.hidden_size, layer_dims)
+        # heads and hidden channels from their ratios, the rest allocated to reach the target
+        kept_hidden, base_dims = PruningRatios(
+            qk=[0.0] * len(layer_dims),
+            v=[0.0] * len(layer_dims),
+            mlp=[0.0] * len(layer_dims),
+            heads=ratios.heads,
+            hidden=ratios.hidden,
+        ).kept_dims(adapter.hidden_size, layer_dims)
+        original = model_size_of(self.model).macs
+        target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
+        dims = allocate_dims(
+            scores,
+            self.model.config,
+            architecture_of(self.model),
+            kept_hidden,
+            base_dims,
+            target,
+            max_ratio=config.max_allocated_ratio,
+        )
+        return kept_hidden, dims
+
+    def _report(self, config, criteria, plan, pruned, batches, scoring_s, total_s) -> dict:
+        before, after = model_size_of(self.model), model_size_of(pruned)
+        original = get_adapter(self.model).layer_dims()
+        return {
+            "optimum_snp_version": __version__,
+            "source": self.source,
+            "architecture": type(pruned).__name__,
+            "criteria": criteria,
+            "num_calibration_images": sum(len(b) for b in batches) if batches else 0,
+            "params": {"before": before.params, "after": after.params, "ratio": after.params / before.params},
+            "macs": {"before": before.macs, "after": after.macs, "ratio": after.macs / before.macs},
+            "target_macs": config.target_macs
+            or (config.target_macs_ratio * before.macs if config.target_macs_ratio else None),
+            "hidden_size": {"before": self.model.config.hidden_size, "after": len(plan.hidden)},
+            "layers": [
+                {"layer": i, "before": o.to_dict(), "after": k.to_dict()}
+                for i, (o, k) in enumerate(zip(original, plan.layer_dims(), strict=True))
+            ],
+            "seconds": {"scoring": round(scoring_s, 3), "total": round(total_s, 3)},
+        }
+
+    # ---- saving -----------------------------------------------------------------------------------------
+    def _check_save_dir(self, save_dir, overwrite: bool) -> None:
+        target = os.path.realpath(os.fspath(save_dir))
+        if self.source and os.path.isdir(self.source) and os.path.realpath(self.source) == target:
+            raise ValueError(
+                f"save_dir {save_dir!r} is the folder the model was loaded from; choose another folder so the "
+                "original model is not overwritten."
+            )
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise ValueError(f"save_dir {save_dir!r} exists and is not a folder.")
+        if os.path.isdir(target) and os.listdir(target) and not overwrite:
+            raise ValueError(
+                f"save_dir {save_dir!r} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose "
+                "an empty folder."
+            )
+
+    def save(self, pruned: nn.Module, save_dir: str | os.PathLike, config: SNPConfig, overwrite: bool = False) -> str:
+        """Writes model, image processor, snp_config.json, plan and report into a temp folder, then renames it."""
+        self._check_save_dir(save_dir, overwrite)
+        target = os.path.realpath(os.fspath(save_dir))
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".snp-tmp-", dir=parent)
+        try:
+            pruned.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            config.save_pretrained(tmp)
+            if self.plan is not None:
+                self.plan.save(os.path.join(tmp, PLAN_NAME))
+            if self.report is not None:
+                with open(os.path.join(tmp, REPORT_NAME), "w") as f:
+                    json.dump(self.report, f, indent=2)
+            if os.path.isdir(target):
+                trash = tempfile.mkdtemp(prefix=".snp-old-", dir=parent)
+                os.replace(target, os.path.join(trash, "old"))
+                os.replace(tmp, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("Saved the pruned model to %s", target)
+        return target

@@ -1,0 +1,318 @@
+"""SNP's data-driven criteria, from one calibration pass with forward hooks (SNP_METHOD section 3).
+
+Every statistic is a running sum over images, updated batch by batch inside the hooks, so memory does not grow
+with the number of calibration images beyond one batch of activations per layer.
+
+Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key activations, s the logit scale):
+    "attention"     first-order change of the attention probabilities when pair i is removed:
+                    ||dA||^2 = s^2 sum_t q_i[t]^2 sum_u A_tu^2 (k_i[u] - <A_t, k_i>)^2   (what softmax sees)
+    "svd"           the paper's literal criterion: sum_{j<=r} |s (u_j . q_i)(k_i . v_j)| over the top-r
+                    singular triplets of the logit matrix S = s Q K^T
+    "svd_centered"  the same on the row-centred logits (the per-row constant that softmax ignores removed)
+    "qk_norm"       ||q_i|| * ||k_i||
+Value criteria (per head h, filter i; o_hi = A_h v_i, the N-vector sent to o_proj):
+    "contribution"  ||o_hi|| * ||W_o[:, (h, i)]||
+    "redundancy"    the paper's: contribution * (1 - rho_hi), rho = max |cos(o_hi, o_gj)| over other heads g, with
+                    the greedy update when filters are removed (see `greedy_redundancy_keep`)
+    "redundancy_only"  1 - rho_hi (greedy as well)
+MLP unit j: E||act_j|| * ||W_fc2[:, j]||. Head h: E||O_h W_o,h^T||. Hidden channel c: sum over every LayerNorm
+output of E[x_c^2] times the squared norm of the columns c of the weights that read it (q/k/v, fc1, heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..adapters import get_adapter
+from .base import GroupScores, LayerScores
+from .magnitude import magnitude_scores, random_scores
+
+
+def _col_sq_norms(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().float().pow(2).sum(0)
+
+
+class _LayerStats:
+    def __init__(self, dims, needs):
+        self.dims = dims
+        self.needs = needs
+        self.q = None
+        self.k = None
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, name, value: torch.Tensor):
+        value = value.detach().double()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+
+class SNPStatistics:
+    """Collects calibration statistics of every layer of `model` with forward hooks."""
+
+    def __init__(self, model: nn.Module, criteria: dict[str, str], qk_rank: int = 4):
+        self.model = model
+        self.adapter = get_adapter(model)
+        self.criteria = criteria
+        self.qk_rank = qk_rank
+        self.num_images = 0
+        self.layers = [_LayerStats(d, criteria) for d in self.adapter.layer_dims()]
+        self.hidden_sum: torch.Tensor | None = None
+        self._handles: list = []
+
+    # ---- hooks ------------------------------------------------------------------------------------------
+    def __enter__(self):
+        for idx in range(len(self.layers)):
+            mods = self.adapter.layer_modules(idx)
+            stats = self.layers[idx]
+            self._handles += [
+                mods["q_proj"].register_forward_hook(self._keep("q", stats)),
+                mods["k_proj"].register_forward_hook(self._keep("k", stats)),
+                mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
+                mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)),
+                mods["layernorm_before"].register_forward_hook(
+                    self._hidden_hook(
+                        [mods["q_proj"], mods["k_proj"], mods["v_proj"]], f"layer {idx} layernorm_before"
+                    )
+                ),
+                mods["layernorm_after"].register_forward_hook(
+                    self._hidden_hook([mods["fc1"]], f"layer {idx} layernorm_after")
+                ),
+            ]
+        final_readers = self.adapter.classifier_modules()
+        base = self.adapter.base_model()
+        if getattr(base, "pooler", None) is not None:
+            final_readers = [*final_readers, base.pooler.dense]
+        self._handles.append(base.layernorm.register_forward_hook(self._hidden_hook(final_readers, "final layernorm")))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for stats in self.layers:
+            stats.q = stats.k = None
+
+    @staticmethod
+    def _check_finite(tensor: torch.Tensor, where: str):
+        # one reduction instead of an elementwise test: any NaN/inf makes the sum non-finite
+        if not torch.isfinite(tensor.sum()):
+            raise ValueError(
+                f"Non-finite activations (NaN/inf) at {where} during calibration. Check the model weights and the "
+                "calibration images (e.g. a wrong dtype or an unnormalized image processor)."
+            )
+
+    def _keep(self, name, stats):
+        def hook(module, inputs, output):
+            setattr(stats, name, output.detach())
+
+        return hook
+
+    def _hidden_hook(self, readers: list[nn.Module], where: str):
+        def hook(module, inputs, output):
+            self._check_finite(output, where)
+            energy = output.detach().double().pow(2).sum(dim=(0, 1))  # sum over images and tokens
+            if readers:
+                energy = energy * sum(_col_sq_norms(r.weight).double() for r in readers)
+            self.hidden_sum = energy if self.hidden_sum is None else self.hidden_sum + energy
+
+        return hook
+
+    def _mlp_hook(self, idx, stats, mods):
+        def hook(module, inputs):
+            act = inputs[0].detach()
+            self._check_finite(act, f"layer {idx} MLP")
+            stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
+            if idx == len(self.layers) - 1:
+                self.num_images += act.shape[0]
+
+        return hook
+
+    def _attention_hook(self, idx, stats, mods):
+        def hook(module, inputs):
+            d = stats.dims
+            out = inputs[0].detach().float()  # (B, N, H * d_v): column (h, i) is A_h v_i
+            self._check_finite(out, f"layer {idx} attention")
+            batch, tokens = out.shape[:2]
+            o = out.view(batch, tokens, d.num_heads, d.v_head_dim)
+            v_crit = self.criteria["v"]
+            if v_crit in ("contribution", "redundancy", "redundancy_only"):
+                stats.add("v_norm", o.pow(2).sum(1).sqrt().sum(0))  # (H, d_v)
+            if v_crit in ("redundancy", "redundancy_only"):
+                flat = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                stats.add("v_cos", torch.einsum("bti,btj->ij", flat, flat))
+            if self.criteria["heads"] == "contribution":
+                w = mods["o_proj"].weight.detach().float().view(-1, d.num_heads, d.v_head_dim)
+                gram = torch.einsum("khi,khj->hij", w, w)  # W_h^T W_h per head
+                energy = torch.einsum("bthi,hij,bthj->bh", o, gram, o).clamp_min(0).sqrt()
+                stats.add("heads", energy.sum(0))
+            if self.criteria["qk"] in ("attention", "svd", "svd_centered", "qk_norm"):
+                self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
+            stats.q = stats.k = None
+
+        return hook
+
+    def _qk_stats(self, stats, scaling, batch, tokens):
+        d = stats.dims
+        q = stats.q.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)  # (B, H, N, d)
+        k = stats.k.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)
+        crit = self.criteria["qk"]
+        if crit == "qk_norm":
+            stats.add("qk", (q.pow(2).sum(2).sqrt() * k.pow(2).sum(2).sqrt()).sum(0))
+            return
+        if crit == "attention":
+            stats.add("qk", attention_change_scores(q, k, scaling).sum(0))
+        else:
+            stats.add("qk", svd_share_scores(q, k, scaling, self.qk_rank, centered=crit == "svd_centered").sum(0))
+
+    # ---- calibration ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, batches: Iterable[torch.Tensor], show_progress: bool = True) -> SNPStatistics:
+        from tqdm.auto import tqdm
+
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self:
+                for pixel_values in tqdm(batches, desc="SNP calibration", unit="batch", disable=not show_progress):
+                    self.model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+        finally:
+            self.model.train(was_training)
+        if self.num_images == 0:
+            raise ValueError("The calibration data yielded no images; give a non-empty calibration dataset.")
+        return self
+
+    # ---- scores -----------------------------------------------------------------------------------------
+    def scores(self, seed: int = 0) -> GroupScores:
+        """Scores of every group under the chosen criteria (data-free criteria computed from the weights)."""
+        used = set(self.criteria.values())
+        fallback = {}
+        if "magnitude" in used:
+            fallback["magnitude"] = magnitude_scores(self.model)
+        if "random" in used:
+            fallback["random"] = random_scores(self.model, seed)
+        n = float(self.num_images)
+        layers = []
+        for idx, stats in enumerate(self.layers):
+            d = stats.dims
+            mods = self.adapter.layer_modules(idx)
+            entry = {}
+            for group, crit in self.criteria.items():
+                if group == "hidden":
+                    continue
+                if crit in fallback:
+                    entry[group] = getattr(fallback[crit].layers[idx], group)
+            if "qk" not in entry:
+                entry["qk"] = (stats.sums["qk"] / n).float()
+            v_crit = self.criteria["v"]
+            similarity = None
+            if "v" not in entry:
+                out_norm = _col_sq_norms(mods["o_proj"].weight).sqrt().view(d.num_heads, d.v_head_dim)
+                contribution = (stats.sums["v_norm"] / n).float() * out_norm
+                if v_crit == "contribution":
+                    entry["v"] = contribution
+                else:
+                    similarity = (stats.sums["v_cos"] / n).float()
+                    rho = _max_other_head_cos(similarity.abs(), d.num_heads, d.v_head_dim)
+                    entry["v"] = (1 - rho) * (contribution if v_crit == "redundancy" else 1.0)
+                    entry["v_contribution"] = contribution if v_crit == "redundancy" else torch.ones_like(contribution)
+            if "mlp" not in entry:
+                entry["mlp"] = (stats.sums["mlp"] / n).float() * _col_sq_norms(mods["fc2"].weight).sqrt()
+            if "heads" not in entry:
+                entry["heads"] = (stats.sums["heads"] / n).float()
+            layers.append(
+                LayerScores(
+                    heads=entry["heads"],
+                    qk=entry["qk"].view(d.num_heads, d.qk_head_dim),
+                    v=entry["v"].view(d.num_heads, d.v_head_dim),
+                    mlp=entry["mlp"],
+                    v_similarity=similarity,
+                    v_contribution=entry.get("v_contribution"),
+                )
+            )
+        crit = self.criteria["hidden"]
+        hidden = fallback[crit].hidden if crit in fallback else (self.hidden_sum / n).sqrt().float()
+        return GroupScores(hidden=hidden, layers=layers)
+
+
+def attention_change_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """||dA||^2 per query/key pair: the first-order change of the attention probabilities when pair i is removed.
+
+    q, k: (..., N, d). With A = softmax(s Q K^T), removing pair i changes row t of the logits by -s q_i[t] k_i, so
+    dA_t = -s q_i[t] A_t * (k_i - <A_t, k_i>) and ||dA||^2 = s^2 sum_t q_i[t]^2 (A_t^2 @ k_i^2 - 2 m A_t^2 @ k_i +
+    m^2 sum_u A_tu^2) with m = <A_t, k_i>: three N x N x d matmuls per head. Returns (..., d).
+    """
+    probs = (scaling * q @ k.transpose(-1, -2)).softmax(-1)
+    mean_k = probs @ k
+    probs.square_()
+    dim = k.shape[-1]
+    p2k = probs @ torch.cat([k.square(), k], dim=-1)  # one matmul for A^2 @ k^2 and A^2 @ k
+    change = p2k[..., :dim] - 2 * mean_k * p2k[..., dim:] + mean_k.square() * probs.sum(-1, keepdim=True)
+    return (scaling**2) * (q.square() * change.clamp_min(0)).sum(-2)
+
+
+def svd_share_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, rank: int, centered: bool = False):
+    """The paper's criterion: sum_{j<=rank} |c_ij|, c_ij = s (u_j . q_i)(k_i . v_j), over the top singular triplets
+    of S = s Q K^T (row-centred logits S - mean_u S when `centered`). q, k: (..., N, d). Returns (..., d).
+    Note sum_i c_ij = sigma_j exactly."""
+    if centered:
+        k = k - k.mean(-2, keepdim=True)
+    logits = scaling * q @ k.transpose(-1, -2)
+    rank = min(rank, logits.shape[-1])
+    u, _, vh = torch.linalg.svd(logits.double(), full_matrices=False)
+    u, v = u[..., :rank].to(q.dtype), vh[..., :rank, :].transpose(-1, -2).to(q.dtype)
+    share = scaling * (u.transpose(-1, -2) @ q) * (v.transpose(-1, -2) @ k)  # (..., r, d)
+    return share.abs().sum(-2)
+
+
+def _max_other_head_cos(abs_cos: torch.Tensor, heads: int, dim: int, removed: torch.Tensor | None = None):
+    """rho of every filter: max |cos| with a kept filter of another head. abs_cos: (H*d, H*d)."""
+    head_of = torch.arange(heads * dim) // dim
+    masked = abs_cos.clone()
+    masked[head_of[:, None] == head_of[None, :]] = 0.0
+    if removed is not None:
+        masked[:, removed] = 0.0
+    return masked.max(1).values.view(heads, dim)
+
+
+def greedy_redundancy_keep(
+    contribution: torch.Tensor, abs_cos: torch.Tensor, heads: list[int], keep: int
+) -> list[list[int]]:
+    """The paper's greedy value selection inside the kept `heads`: repeatedly remove the filter with the lowest
+    contribution * (1 - rho) among heads that still have more than `keep` filters, then recompute rho without the
+    removed filters (a filter whose twin was removed is no longer redundant)."""
+    num_heads, dim = contribution.shape
+    removed = torch.zeros(num_heads * dim, dtype=torch.bool)
+    for h in range(num_heads):
+        if h not in heads:
+            removed[h * dim : (h + 1) * dim] = True
+    counts = {h: dim for h in heads}
+    head_of = torch.arange(num_heads * dim) // dim
+    same_head = head_of[:, None] == head_of[None, :]
+    cos = abs_cos.clone()
+    cos[same_head] = 0.0
+    while any(c > keep for c in counts.values()):
+        rho = cos.masked_fill(removed[None, :], 0.0).max(1).values
+        score = (contribution.flatten() * (1 - rho)).masked_fill(removed, float("inf"))
+        full = torch.tensor([counts.get(int(h), 0) <= keep for h in head_of])
+        score = score.masked_fill(full, float("inf"))
+        victim = int(torch.argmin(score))
+        removed[victim] = True
+        counts[victim // dim] -= 1
+    return [sorted(i for i in range(dim) if not removed[h * dim + i]) for h in sorted(heads)]
+
+
+def snp_scores(
+    model: nn.Module, batches, criteria: dict[str, str], qk_rank: int = 4, seed: int = 0, show_progress: bool = True
+) -> GroupScores:
+    """Scores of `model` under `criteria` (group -> criterion name), calibrating on `batches` if needed."""
+    data_free = all(c in ("magnitude", "random") for c in criteria.values())
+    stats = SNPStatistics(model, criteria, qk_rank)
+    if not data_free:
+        stats.run(batches, show_progress=show_progress)
+    else:
+        stats.num_images = 1
+    return stats.scores(seed)

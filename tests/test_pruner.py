@@ -1,0 +1,246 @@
+"""SNPPruner / SNPConfig: the public API, the saved folder, determinism, and bad input."""
+
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+from transformers import AutoModelForImageClassification
+
+from optimum_snp import PruningPlan, SNPConfig, SNPPruner, apply_plan, model_size_of
+from optimum_snp.version import __version__
+
+from .conftest import logits_of, pixel_values, tiny_model
+
+
+def digits(n=40, column="image"):
+    d = load_digits()
+    images = [Image.fromarray((x * 255 / 16).round().astype(np.uint8)).convert("RGB") for x in d.images[:n]]
+    features = datasets.Features({column: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    return datasets.Dataset.from_dict({column: images, "label": d.target[:n].tolist()}, features=features)
+
+
+def fast(**kw):
+    return SNPConfig(num_calibration_samples=16, batch_size=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def test_prune_with_ratios_returns_smaller_snp_model(data):
+    model = tiny_model("deit-teacher")
+    pruner = SNPPruner.from_pretrained(model)
+    pruned = pruner.prune(
+        fast(qk_ratio=0.5, v_ratio=0.25, mlp_ratio=[0.5, 0.25, 0.0], head_ratio=0.25, hidden_ratio=0.25),
+        calibration_dataset=data,
+        show_progress=False,
+    )
+    assert type(pruned).__name__ == "SNPDeiTForImageClassificationWithTeacher"
+    cfg = pruned.config
+    assert cfg.num_heads_per_layer == [3, 3, 3] and cfg.qk_head_dims == [4, 4, 4] and cfg.v_head_dims == [6, 6, 6]
+    assert cfg.intermediate_sizes == [24, 36, 48] and cfg.hidden_size == 24
+    assert pruner.report["params"]["after"] == sum(p.numel() for p in pruned.parameters())
+    # the model stays the same, the plan replays
+    assert torch.equal(logits_of(apply_plan(model, pruner.plan), pixel_values()), logits_of(pruned, pixel_values()))
+
+
+def test_save_dir_contents_and_reload(data, tmp_path):
+    model = tiny_model("vit")
+    out = tmp_path / "pruned"
+    pruner = SNPPruner.from_pretrained(model)
+    pruned = pruner.prune(fast(target_macs_ratio=0.6), calibration_dataset=data, save_dir=out, show_progress=False)
+    files = set(os.listdir(out))
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "snp_config.json",
+        "pruning_plan.json",
+        "pruning_report.json",
+        "modeling_snp.py",
+        "configuration_snp.py",
+    } <= files
+    saved = json.loads((out / "snp_config.json").read_text())
+    assert saved["optimum_snp_version"] == __version__ and saved["target_macs_ratio"] == 0.6
+    assert SNPConfig.from_pretrained(out) == fast(target_macs_ratio=0.6)
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["macs"]["after"] == model_size_of(pruned).macs and len(report["layers"]) == 3
+    assert report["layers"][0]["after"]["qk_head_dim"] == pruned.config.qk_head_dims[0]
+    assert PruningPlan.load(out / "pruning_plan.json").to_dict()["layers"] == pruner.plan.to_dict()["layers"]
+    reloaded = AutoModelForImageClassification.from_pretrained(out, attn_implementation="eager")
+    assert torch.equal(logits_of(reloaded, pixel_values()), logits_of(pruned, pixel_values()))
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".snp-")], "temp folders left behind"
+
+
+@pytest.mark.parametrize("keep", [0.7, 0.5, 0.35])
+def test_target_macs_ratio_within_two_percent(data, keep):
+    model = tiny_model("deit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    pruner = SNPPruner.from_pretrained(model)
+    pruned = pruner.prune(fast(target_macs_ratio=keep, head_ratio=0.25), calibration_dataset=data, show_progress=False)
+    ratio = model_size_of(pruned).macs / model_size_of(model).macs
+    assert keep * 0.98 <= ratio <= keep * 1.02
+    assert pruned.config.num_heads_per_layer == [6, 6, 6]
+    dims = pruned.config
+    assert len(set(dims.qk_head_dims)) > 1 or len(set(dims.intermediate_sizes)) > 1, "allocation is not per layer"
+    # equal counts per head hold by construction of the plan
+    for layer in pruner.plan.layers:
+        assert len({len(q) for q in layer.qk}) == 1 and len({len(v) for v in layer.v}) == 1
+
+
+def test_absolute_target_macs(data):
+    model = tiny_model("vit")
+    target = 0.6 * model_size_of(model).macs
+    pruned = SNPPruner(model).prune(fast(target_macs=target), calibration_dataset=data, show_progress=False)
+    assert 0.98 * target <= model_size_of(pruned).macs <= 1.02 * target
+
+
+@pytest.mark.parametrize("criterion", ["snp", "magnitude", "random", {"qk": "svd", "v": "redundancy"}])
+def test_determinism(data, criterion):
+    model = tiny_model("vit")
+    config = fast(target_macs_ratio=0.5, criterion=criterion, seed=3)
+    plans = [SNPPruner(model).prune(config, calibration_dataset=data, show_progress=False) for _ in range(2)]
+    a, b = (p.state_dict() for p in plans)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seed_changes_the_sample_and_random_scores(data):
+    model = tiny_model("vit")
+    pruner = SNPPruner(model)
+    plan = lambda seed, crit: (  # noqa: E731
+        pruner.prune(fast(qk_ratio=0.5, criterion=crit, seed=seed), calibration_dataset=data, show_progress=False),
+        pruner.plan.to_dict()["layers"],
+    )[1]
+    assert plan(0, "random") != plan(1, "random")
+    assert plan(0, "magnitude") == plan(1, "magnitude")  # data-free and deterministic
+
+
+def test_data_free_criteria_need_no_dataset():
+    pruned = SNPPruner(tiny_model("vit")).prune(fast(qk_ratio=0.5, criterion="magnitude"), show_progress=False)
+    assert pruned.config.qk_head_dims == [4, 4, 4]
+
+
+def test_from_pretrained_path_with_and_without_image_processor(data, tmp_path):
+    model = tiny_model("vit")
+    model.save_pretrained(tmp_path / "src")
+    pruner = SNPPruner.from_pretrained(tmp_path / "src")
+    assert pruner.image_processor.size == {"height": 32, "width": 32}  # derived from the config
+    pruned = pruner.prune(
+        fast(qk_ratio=0.25), calibration_dataset=data, save_dir=tmp_path / "out", show_progress=False
+    )
+    assert type(pruned).__name__ == "SNPViTForImageClassification"
+    again = SNPPruner.from_pretrained(tmp_path / "out")  # a pruned model can be pruned again
+    assert type(again.model).__name__ == "SNPViTForImageClassification"
+    twice = again.prune(fast(mlp_ratio=0.5), calibration_dataset=data, show_progress=False)
+    assert twice.config.qk_head_dims == pruned.config.qk_head_dims
+    assert twice.config.intermediate_sizes == [24, 24, 24]
+
+
+def test_snp_config_from_ratio_table_and_serialization(tmp_path):
+    config = SNPConfig.from_ratio_table("DeiT_s", target_macs=None)
+    assert config.ratio_table == "DeiT_s" and len(config.qk_ratio) == 12 and config.hidden_ratio > 0.2
+    config.save_pretrained(tmp_path)
+    assert SNPConfig.from_pretrained(tmp_path) == config
+    with pytest.raises(ValueError, match="`qk_ratio` has 12 values but the model has 3 layers"):
+        SNPPruner(tiny_model("deit")).prune(config, show_progress=False)
+
+
+# ---- bad input: a clear error and nothing left behind --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(qk_ratio=1.0), r"`qk_ratio` must be a fraction of units to REMOVE in \[0, 1\), got 1.0"),
+        (dict(v_ratio=-0.1), r"`v_ratio` must be a fraction"),
+        (dict(mlp_ratio=[0.1, 1.2]), r"`mlp_ratio\[1\]` must be a fraction"),
+        (dict(hidden_ratio=[0.1]), "`hidden_ratio` is model-wide"),
+        (dict(criterion="l1"), "Unknown criterion 'l1'"),
+        (dict(criterion={"qk": "l1"}), r"Unknown qk criterion 'l1'; choose one of \['snp', 'attention'"),
+        (dict(criterion={"attn": "snp"}), r"Unknown criterion group\(s\) \['attn'\]"),
+        (dict(target_macs=1e6, target_macs_ratio=0.5), "either `target_macs`"),
+        (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
+        (dict(target_macs_ratio=0.5, qk_ratio=0.3), "allocated automatically"),
+        (dict(num_calibration_samples=0), "`num_calibration_samples` must be an int >= 1"),
+    ],
+)
+def test_invalid_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SNPConfig(**kwargs)
+
+
+def _assert_nothing_written(path):
+    parent = os.path.dirname(path)
+    assert not os.path.exists(path)
+    assert not [p for p in os.listdir(parent) if p.startswith(".snp-")]
+
+
+@pytest.mark.parametrize(
+    "config, dataset, message",
+    [
+        (fast(qk_ratio=0.95), "data", "would remove all 8 query/key filters per head of layer 0"),
+        (fast(target_macs_ratio=0.01), "data", "below .* GMACs, the least this model reaches"),
+        (fast(qk_ratio=0.5), "empty", "Calibration dataset is empty"),
+        (fast(qk_ratio=0.5), "no-image", r"no image column.*\['pixels', 'label'\]"),
+        (fast(qk_ratio=0.5), None, "need calibration images: pass `calibration_dataset`"),
+    ],
+)
+def test_bad_input_leaves_nothing_behind(data, tmp_path, config, dataset, message):
+    datasets_by_name = {
+        "data": data,
+        "empty": data.select([]),
+        "no-image": datasets.Dataset.from_dict({"pixels": [[0.0]] * 4, "label": [0] * 4}),
+        None: None,
+    }
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        SNPPruner(tiny_model("vit")).prune(
+            config, calibration_dataset=datasets_by_name[dataset], save_dir=out, show_progress=False
+        )
+    _assert_nothing_written(out)
+
+
+def test_nan_activations(data, tmp_path):
+    model = tiny_model("vit")
+    with torch.no_grad():
+        model.vit.layers[0].attention.v_proj.bias[3] = float("inf")
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="Non-finite activations .* layer 0"):
+        SNPPruner(model).prune(fast(qk_ratio=0.5), calibration_dataset=data, save_dir=out, show_progress=False)
+    _assert_nothing_written(out)
+
+
+def test_save_dir_equal_to_source_folder(data, tmp_path):
+    tiny_model("vit").save_pretrained(tmp_path / "src")
+    before = sorted(os.listdir(tmp_path / "src"))
+    pruner = SNPPruner.from_pretrained(tmp_path / "src")
+    with pytest.raises(ValueError, match="is the folder the model was loaded from"):
+        pruner.prune(fast(qk_ratio=0.5), calibration_dataset=data, save_dir=tmp_path / "src", show_progress=False)
+    assert sorted(os.listdir(tmp_path / "src")) == before
+
+
+def test_non_empty_save_dir_needs_overwrite(data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    pruner = SNPPruner(tiny_model("vit"))
+    with pytest.raises(ValueError, match="is not empty; pass overwrite=True"):
+        pruner.prune(fast(qk_ratio=0.5), calibration_dataset=data, save_dir=out, show_progress=False)
+    assert os.listdir(out) == ["keep.txt"]
+    pruner.prune(fast(qk_ratio=0.5), calibration_dataset=data, save_dir=out, overwrite=True, show_progress=False)
+    assert "keep.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".snp-")]
+
+
+def test_unsupported_model_lists_supported():
+    from transformers import BertConfig, BertModel
+
+    with pytest.raises(ValueError, match="Supported model classes: .*ViTForImageClassification"):
+        SNPPruner.from_pretrained(
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
+        )

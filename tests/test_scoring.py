@@ -1,0 +1,116 @@
+"""The SNP criteria compute what SNP_METHOD section 3 says they compute."""
+
+import pytest
+import torch
+
+from optimum_snp.config import CRITERIA, SNPConfig
+from optimum_snp.scoring.snp import (
+    attention_change_scores,
+    greedy_redundancy_keep,
+    snp_scores,
+    svd_share_scores,
+)
+
+from .conftest import pixel_values, tiny_model
+
+
+def _qk(seed=0, heads=2, tokens=7, dim=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(heads, tokens, dim, generator=g, dtype=torch.float64), torch.randn(
+        heads, tokens, dim, generator=g, dtype=torch.float64
+    )
+
+
+def test_attention_change_matches_explicit_jacobian():
+    q, k = _qk()
+    s = 0.4
+    scores = attention_change_scores(q, k, s)
+    probs = (s * q @ k.transpose(-1, -2)).softmax(-1)
+    for h in range(q.shape[0]):
+        for i in range(q.shape[-1]):
+            d_logits = -s * torch.outer(q[h, :, i], k[h, :, i])  # removing pair i
+            d_probs = probs[h] * (d_logits - (probs[h] * d_logits).sum(-1, keepdim=True))
+            assert scores[h, i].item() == pytest.approx(d_probs.pow(2).sum().item(), rel=1e-9)
+
+
+def test_attention_change_is_first_order_change_of_softmax():
+    q, k = _qk(1)
+    s = 1e-3  # tiny logits: removing a pair is a small perturbation, the linearization is accurate
+    scores = attention_change_scores(q, k, s)
+    probs = (s * q @ k.transpose(-1, -2)).softmax(-1)
+    for i in range(q.shape[-1]):
+        q2, k2 = q.clone(), k.clone()
+        q2[..., i], k2[..., i] = 0, 0
+        actual = ((s * q2 @ k2.transpose(-1, -2)).softmax(-1) - probs).pow(2).sum((-1, -2))
+        assert torch.allclose(scores[:, i], actual, rtol=1e-2)
+
+
+def test_svd_shares_sum_to_singular_values():
+    q, k = _qk(2, tokens=9, dim=6)
+    s = 0.3
+    logits = s * q @ k.transpose(-1, -2)
+    u, sigma, vh = torch.linalg.svd(logits)
+    for j in range(3):
+        c_j = s * (u[..., :, j : j + 1].transpose(-1, -2) @ q) * (vh[..., j : j + 1, :] @ k)  # (H, 1, d)
+        assert torch.allclose(c_j.sum(-1).squeeze(-1), sigma[:, j])
+    # rank r scores = sum over the top r of |c_ij|
+    full = svd_share_scores(q, k, s, rank=6)
+    top1 = svd_share_scores(q, k, s, rank=1)
+    assert (full >= top1 - 1e-12).all() and not torch.allclose(full, top1)
+
+
+def test_centered_svd_ignores_per_row_constants():
+    q, k = _qk(3)
+    # adding a constant to a key filter adds a per-row constant to the logits, which softmax ignores
+    k_shifted = k.clone()
+    k_shifted[..., 0] += 5.0
+    assert torch.allclose(svd_share_scores(q, k, 0.3, 3, centered=True), svd_share_scores(q, k_shifted, 0.3, 3, True))
+    assert not torch.allclose(svd_share_scores(q, k, 0.3, 3), svd_share_scores(q, k_shifted, 0.3, 3))
+    assert torch.allclose(attention_change_scores(q, k, 0.3), attention_change_scores(q, k_shifted, 0.3))
+
+
+def test_greedy_redundancy_updates_after_removal():
+    # heads 0 and 1, 2 filters each; filter (0,0) and (1,0) are twins (cos 1), the others are unique
+    cos = torch.eye(4)
+    cos[0, 2] = cos[2, 0] = 1.0
+    contribution = torch.tensor([[1.0, 1.0], [1.2, 1.0]])
+    keep = greedy_redundancy_keep(contribution, cos, heads=[0, 1], keep=1)
+    # (0,0) is removed first (redundant, lowest contribution); its twin (1,0) is then no longer redundant
+    assert keep == [[1], [0]]
+    # without the update, (1,0) would also look redundant and be removed
+    rho = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    static = (contribution * (1 - rho)).argsort(dim=1, descending=True)[:, :1].tolist()
+    assert static == [[1], [1]]
+
+
+@pytest.mark.parametrize("group", ["qk", "v", "mlp", "hidden", "heads"])
+def test_every_criterion_runs_and_is_deterministic(group):
+    model = tiny_model("deit-teacher")
+    batches = [pixel_values(4, seed=s) for s in range(2)]
+    for name in CRITERIA[group]:
+        criteria = SNPConfig(criterion={group: name}).criterion_per_group()
+        a = snp_scores(model, batches, criteria, qk_rank=2, show_progress=False)
+        b = snp_scores(model, batches, criteria, qk_rank=2, show_progress=False)
+        values = getattr(a, group) if group == "hidden" else torch.stack([getattr(layer, group) for layer in a.layers])
+        other = getattr(b, group) if group == "hidden" else torch.stack([getattr(layer, group) for layer in b.layers])
+        assert torch.isfinite(values).all() and torch.equal(values, other), name
+
+
+def test_statistics_do_not_depend_on_batching():
+    model = tiny_model("vit")
+    x = pixel_values(8, seed=4)
+    criteria = SNPConfig().criterion_per_group()
+    one = snp_scores(model, [x], criteria, show_progress=False)
+    many = snp_scores(model, list(x.split(3)), criteria, show_progress=False)
+    for a, b in zip(one.layers, many.layers, strict=True):
+        for name in ("qk", "v", "mlp", "heads"):
+            assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-4)
+    assert torch.allclose(one.hidden, many.hidden, rtol=1e-4)
+
+
+def test_non_finite_activations_are_reported():
+    model = tiny_model("vit")
+    with torch.no_grad():
+        model.vit.layers[1].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="Non-finite activations .* layer 1 MLP"):
+        snp_scores(model, [pixel_values(2)], SNPConfig().criterion_per_group(), show_progress=False)
