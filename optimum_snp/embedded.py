@@ -42,8 +42,11 @@ def digits_dataset(seed: int = 0) -> datasets.DatasetDict:
 
     Columns: 'image' (RGB 8x8 PIL images, uint8 = round(value * 255 / 16)) and 'label' (`ClassLabel` '0'..'9').
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ImportError("The digits dataset comes from scikit-learn: `pip install scikit-learn`.") from err
 
     digits = load_digits()
     pixels = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
@@ -121,6 +124,9 @@ def load_embedded_model(cache_dir: str | None = None, retrain: bool = False, sho
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0o700 would make the shared cache private
     try:
         train_digits_vit(tmp_dir, show_progress=show_progress)
         _publish(tmp_dir, final_dir, replace=retrain or os.path.exists(final_dir))

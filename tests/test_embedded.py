@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import types
 
 import numpy as np
@@ -209,15 +208,13 @@ def test_load_embedded_model_refuses_a_foreign_folder(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 
-def test_train_digits_vit_one_epoch_is_loadable(tmp_path):
-    start = time.perf_counter()
-    metrics = train_digits_vit(str(tmp_path), epochs=1, show_progress=False)
-    if time.perf_counter() - start > 10:
-        pytest.skip("one real epoch took over 10 s on this machine")
+def test_train_digits_vit_one_epoch_is_loadable(tmp_path, digits):
+    metrics = train_digits_vit(str(tmp_path), epochs=1, show_progress=False, batch_size=128)  # ~5 s on 2 cores
     with open(tmp_path / "training.json") as f:
         assert json.load(f) == metrics
-    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["epochs"] == 1 and "transformers" in metrics["versions"]
+    assert metrics["epochs"] == 1 and "transformers" in metrics["versions"]
     model = ViTForImageClassification.from_pretrained(tmp_path)
     processor = ViTImageProcessor.from_pretrained(tmp_path)
     assert model.config.id2label[3] == "3" and model.config.hidden_size == 96
     assert processor.size == {"height": DIGITS_IMAGE_SIZE, "width": DIGITS_IMAGE_SIZE}
+    assert evaluate_top1(model, digits["test"], processor) == pytest.approx(metrics["top1"], abs=1e-6)
