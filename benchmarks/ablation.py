@@ -43,6 +43,13 @@ MLP_VARIANTS = [
     ("random", {"mlp": "random"}),
 ]
 ALL_VARIANTS = [("snp", "snp"), ("magnitude", "magnitude"), ("random", "random")]
+COMBOS = [
+    ("snp default: qk=attention, v=contribution", {"qk": "attention", "v": "contribution"}),
+    ("qk=attention, v=redundancy (paper's V)", {"qk": "attention", "v": "redundancy"}),
+    ("paper literal: qk=svd r=4, v=redundancy", {"qk": "svd", "v": "redundancy"}),
+    ("qk=svd r=4, v=contribution", {"qk": "svd", "v": "contribution"}),
+    ("magnitude everywhere", "magnitude"),
+]
 
 
 class Evaluator:
@@ -164,6 +171,17 @@ def main(argv=None) -> int:
         f"{h} (~{k} MACs)" for k in ("50%", "30%") for h in ("MACs kept", "top-1", "KL")
     ]
     table("All groups together (QK + V + MLP)", header, rows)
+
+    rows = []
+    for name, criterion in COMBOS:
+        cells = [name]
+        for keep in (0.5, 0.3):
+            cells += fmt(run(common(criterion=criterion, target_macs_ratio=keep)))
+        rows.append(cells)
+    header = ["criteria (MLP, hidden, heads: snp unless said)"] + [
+        f"{h} ({k} MACs, auto)" for k in ("50%", "30%") for h in ("top-1", "KL")
+    ]
+    table("Criterion combinations with automatic allocation", header, rows)
     print(f"total time {time.perf_counter() - start:.0f} s")
     return 0
 
