@@ -42,6 +42,16 @@ MLP_VARIANTS = [
     ("magnitude", {"mlp": "magnitude"}),
     ("random", {"mlp": "random"}),
 ]
+HIDDEN_VARIANTS = [
+    ("snp (contribution)", {"hidden": "contribution"}),
+    ("magnitude", {"hidden": "magnitude"}),
+    ("random", {"hidden": "random"}),
+]
+HEAD_VARIANTS = [
+    ("snp (contribution)", {"heads": "contribution"}),
+    ("magnitude", {"heads": "magnitude"}),
+    ("random", {"heads": "random"}),
+]
 ALL_VARIANTS = [("snp", "snp"), ("magnitude", "magnitude"), ("random", "random")]
 COMBOS = [
     ("snp default: qk=attention, v=contribution", {"qk": "attention", "v": "contribution"}),
@@ -132,22 +142,24 @@ def main(argv=None) -> int:
 
     fmt = lambda r: [f"{r['top1']:.1%}", f"{r['kl']:.3f}"]  # noqa: E731
 
-    for group, variants, ratio_key in (
-        ("QK", QK_VARIANTS, "qk_ratio"),
-        ("V", V_VARIANTS, "v_ratio"),
-        ("MLP", MLP_VARIANTS, "mlp_ratio"),
+    for group, variants, ratio_key, levels in (
+        ("QK", QK_VARIANTS, "qk_ratio", (0.5, 0.75)),
+        ("V", V_VARIANTS, "v_ratio", (0.5, 0.75)),
+        ("MLP", MLP_VARIANTS, "mlp_ratio", (0.5, 0.75)),
+        ("Hidden channels", HIDDEN_VARIANTS, "hidden_ratio", (0.25, 0.5)),
+        ("Heads", HEAD_VARIANTS, "head_ratio", (0.25, 0.5)),
     ):
         rows = []
         for variant in variants:
             name, criterion = variant[0], variant[1]
             rank = variant[2] if len(variant) > 2 else 4
             cells = [name]
-            for removed in (0.5, 0.75):
+            for removed in levels:
                 r = run(common(criterion=criterion, qk_rank=rank, **{ratio_key: removed}), attention=group == "QK")
                 cells += fmt(r) + ([f"{r['attn_tv']:.3f}"] if group == "QK" else [])
             rows.append(cells)
         extra = ["attn TV"] if group == "QK" else []
-        header = ["criterion"] + [f"{h} ({p} removed)" for p in ("50%", "75%") for h in ["top-1", "KL", *extra]]
+        header = ["criterion"] + [f"{h} ({p:.0%} removed)" for p in levels for h in ["top-1", "KL", *extra]]
         table(
             f"{group} only (top-1 zero-shot, KL(original||pruned) of logits{', attention-row TV distance' if extra else ''})",
             header,
