@@ -20,13 +20,14 @@ CRITERIA = {
     "hidden": ("snp", "contribution", "magnitude", "random"),
     "heads": ("snp", "contribution", "magnitude", "random"),
 }
-# what "snp" means for each group
+# what "snp" means for each group: the winner of benchmarks/ablation.py (README). Hidden channels and whole heads
+# are not SNP's own criteria; there the weight magnitude measured better than the activation contribution.
 SNP_DEFAULTS = {
     "qk": "attention",
     "v": "contribution",
     "mlp": "contribution",
-    "hidden": "contribution",
-    "heads": "contribution",
+    "hidden": "magnitude",
+    "heads": "magnitude",
 }
 
 
