@@ -95,7 +95,7 @@ class Evaluator:
                 self.reference_attn = self._attentions(self.model)
             tv = [
                 0.5 * (a - b).abs().sum(-1).mean().item()
-                for a, b in zip(self.reference_attn, self._attentions(pruned))
+                for a, b in zip(self.reference_attn, self._attentions(pruned), strict=True)
             ]
             result["attn_tv"] = sum(tv) / len(tv)
         return result

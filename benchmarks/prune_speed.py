@@ -16,7 +16,6 @@ import resource
 import sys
 import time
 
-import numpy as np
 import torch
 
 
@@ -25,14 +24,9 @@ def peak_rss_gib() -> float:
 
 
 def digits_images(n: int):
-    import datasets
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    from optimum_snp.embedded import digits_dataset
 
-    digits = load_digits()
-    images = [Image.fromarray((x * 255 / 16).round().astype(np.uint8)).convert("RGB") for x in digits.images[:n]]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
-    return datasets.Dataset.from_dict({"image": images, "label": digits.target[:n].tolist()}, features=features)
+    return digits_dataset()["train"].select(range(n))
 
 
 def main(argv=None) -> int:

@@ -82,6 +82,7 @@ def allocate_dims(
         for g, f in (("qk", "qk_head_dim"), ("v", "v_head_dim"), ("mlp", "intermediate_size"))
     }
     removed = dict.fromkeys(limit, 0)
+
     def cost(key, k: int) -> float:
         return float(steps[key][k]) / step_macs(*key) ** MACS_EXPONENT
 

@@ -52,7 +52,9 @@ def test_entry_points_prune_a_local_model(workspace, tmp_path, command):
         "--eval-split", "train",
         "--output-dir", str(out), "--no-progress",
     ]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top-1 pruned (no fine-tuning)" in result.stdout and "qk=svd" in result.stdout
     model = AutoModelForImageClassification.from_pretrained(out)
@@ -64,26 +66,76 @@ def test_cli_errors_are_one_line_and_write_nothing(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("x")
-    status = main(["--model", str(workspace / "model"), "--dataset", str(workspace / "images"), "--qk-ratio", "0.5",
-                   "--output-dir", str(out), "--no-progress"])
+    status = main(
+        [
+            "--model",
+            str(workspace / "model"),
+            "--dataset",
+            str(workspace / "images"),
+            "--qk-ratio",
+            "0.5",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert status == 2
     assert "is not empty; pass overwrite=True (CLI: --overwrite)" in capsys.readouterr().err
     assert os.listdir(out) == ["mine.txt"]
-    status = main(["--model", str(workspace / "model"), "--dataset", str(workspace / "images"), "--qk-ratio", "1.5",
-                   "--output-dir", str(tmp_path / "o2"), "--no-progress"])
+    status = main(
+        [
+            "--model",
+            str(workspace / "model"),
+            "--dataset",
+            str(workspace / "images"),
+            "--qk-ratio",
+            "1.5",
+            "--output-dir",
+            str(tmp_path / "o2"),
+            "--no-progress",
+        ]
+    )
     assert status == 2 and "`qk_ratio` must be a fraction" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
-    status = main(["--model", str(workspace / "model"), "--dataset", str(workspace / "images"), "--image-column",
-                   "photo", "--qk-ratio", "0.5", "--output-dir", str(tmp_path / "o3"), "--no-progress"])
+    status = main(
+        [
+            "--model",
+            str(workspace / "model"),
+            "--dataset",
+            str(workspace / "images"),
+            "--image-column",
+            "photo",
+            "--qk-ratio",
+            "0.5",
+            "--output-dir",
+            str(tmp_path / "o3"),
+            "--no-progress",
+        ]
+    )
     assert status == 2 and "photo" in capsys.readouterr().err
 
 
 def test_per_layer_ratios_and_overwrite(workspace, tmp_path):
     out = tmp_path / "out"
     for _ in range(2):  # the second run replaces the first
-        status = main(["--model", str(workspace / "model"), "--dataset", str(workspace / "images"),
-                       "--mlp-ratio", "0.5", "0.25", "0", "--criterion", "magnitude", "--output-dir", str(out),
-                       "--overwrite", "--no-progress"])
+        status = main(
+            [
+                "--model",
+                str(workspace / "model"),
+                "--dataset",
+                str(workspace / "images"),
+                "--mlp-ratio",
+                "0.5",
+                "0.25",
+                "0",
+                "--criterion",
+                "magnitude",
+                "--output-dir",
+                str(out),
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
         assert status == 0
     assert AutoModelForImageClassification.from_pretrained(out).config.intermediate_sizes == [24, 36, 48]
 

@@ -4,24 +4,19 @@ import json
 import os
 
 import datasets
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
 from transformers import AutoModelForImageClassification
 
 from optimum_snp import PruningPlan, SNPConfig, SNPPruner, apply_plan, model_size_of
+from optimum_snp.embedded import digits_dataset
 from optimum_snp.version import __version__
 
 from .conftest import logits_of, pixel_values, tiny_model
 
 
-def digits(n=40, column="image"):
-    d = load_digits()
-    images = [Image.fromarray((x * 255 / 16).round().astype(np.uint8)).convert("RGB") for x in d.images[:n]]
-    features = datasets.Features({column: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
-    return datasets.Dataset.from_dict({column: images, "label": d.target[:n].tolist()}, features=features)
+def digits(n=40):
+    return digits_dataset()["train"].select(range(n))
 
 
 def fast(**kw):
