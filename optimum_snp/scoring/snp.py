@@ -71,20 +71,23 @@ class SNPStatistics:
                 mods["k_proj"].register_forward_hook(self._keep("k", stats)),
                 mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
                 mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)),
-                mods["layernorm_before"].register_forward_hook(
-                    self._hidden_hook(
-                        [mods["q_proj"], mods["k_proj"], mods["v_proj"]], f"layer {idx} layernorm_before"
-                    )
-                ),
-                mods["layernorm_after"].register_forward_hook(
-                    self._hidden_hook([mods["fc1"]], f"layer {idx} layernorm_after")
-                ),
             ]
-        final_readers = self.adapter.classifier_modules()
-        base = self.adapter.base_model()
-        if getattr(base, "pooler", None) is not None:
-            final_readers = [*final_readers, base.pooler.dense]
-        self._handles.append(base.layernorm.register_forward_hook(self._hidden_hook(final_readers, "final layernorm")))
+            if self.criteria["hidden"] == "contribution":
+                readers = {
+                    "layernorm_before": [mods["q_proj"], mods["k_proj"], mods["v_proj"]],
+                    "layernorm_after": [mods["fc1"]],
+                }
+                self._handles += [
+                    mods[norm].register_forward_hook(self._hidden_hook(modules, f"layer {idx} {norm}"))
+                    for norm, modules in readers.items()
+                ]
+        if self.criteria["hidden"] == "contribution":
+            final_readers = self.adapter.classifier_modules()
+            base = self.adapter.base_model()
+            if getattr(base, "pooler", None) is not None:
+                final_readers = [*final_readers, base.pooler.dense]
+            hook = self._hidden_hook(final_readers, "final layernorm")
+            self._handles.append(base.layernorm.register_forward_hook(hook))
         return self
 
     def __exit__(self, *exc):
