@@ -6,6 +6,7 @@ Importing the package registers the pruned model family with the transformers Au
 from .accounting import ModelSize, model_size, model_size_of
 from .adapters import DeiTAdapter, LayerDims, ViTAdapter, get_adapter, supported_model_classes
 from .config import SNPConfig
+from .hub import HubPushError, push_pruned_model
 from .models import (
     SNPDeiTConfig,
     SNPDeiTForImageClassification,
@@ -29,6 +30,8 @@ __all__ = [
     "__version__",
     "SNPConfig",
     "SNPPruner",
+    "HubPushError",
+    "push_pruned_model",
     "plan_from_kept_dims",
     "ModelSize",
     "model_size",
