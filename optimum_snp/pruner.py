@@ -19,6 +19,7 @@ from .accounting import architecture_of, model_size_of
 from .adapters import get_adapter
 from .allocation import allocate_dims
 from .calibration import calibration_batches, resolve_image_processor
+from .card import write_model_card
 from .config import SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
@@ -181,8 +182,16 @@ class SNPPruner:
                 "an empty folder."
             )
 
-    def save(self, pruned: nn.Module, save_dir: str | os.PathLike, config: SNPConfig, overwrite: bool = False) -> str:
-        """Writes model, image processor, snp_config.json, plan and report into a temp folder, then renames it."""
+    def save(
+        self,
+        pruned: nn.Module,
+        save_dir: str | os.PathLike,
+        config: SNPConfig,
+        overwrite: bool = False,
+        results: dict | None = None,
+    ) -> str:
+        """Writes model, image processor, snp_config.json, plan, report and model card (README.md with the
+        pruning-profile plot; `results` as in `card.write_model_card`) into a temp folder, then renames it."""
         self._check_save_dir(save_dir, overwrite)
         target = os.path.realpath(os.fspath(save_dir))
         parent = os.path.dirname(target)
@@ -197,6 +206,7 @@ class SNPPruner:
             if self.report is not None:
                 with open(os.path.join(tmp, REPORT_NAME), "w") as f:
                     json.dump(self.report, f, indent=2)
+                write_model_card(tmp, self.report, config, results=results, base_model=self.source)
             if os.path.isdir(target):
                 trash = tempfile.mkdtemp(prefix=".snp-old-", dir=parent)
                 os.replace(target, os.path.join(trash, "old"))

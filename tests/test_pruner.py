@@ -58,6 +58,8 @@ def test_save_dir_contents_and_reload(data, tmp_path):
         "snp_config.json",
         "pruning_plan.json",
         "pruning_report.json",
+        "README.md",
+        "pruning_profile.png",
         "modeling_snp.py",
         "configuration_snp.py",
     } <= files
@@ -68,6 +70,8 @@ def test_save_dir_contents_and_reload(data, tmp_path):
     assert report["macs"]["after"] == model_size_of(pruned).macs and len(report["layers"]) == 3
     assert report["layers"][0]["after"]["qk_head_dim"] == pruned.config.qk_head_dims[0]
     assert PruningPlan.load(out / "pruning_plan.json").to_dict()["layers"] == pruner.plan.to_dict()["layers"]
+    card = (out / "README.md").read_text()
+    assert "pruning_profile.png" in card and "trust_remote_code=True" in card and "snp" in card
     reloaded = AutoModelForImageClassification.from_pretrained(out, attn_implementation="eager")
     assert torch.equal(logits_of(reloaded, pixel_values()), logits_of(pruned, pixel_values()))
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".snp-")], "temp folders left behind"
