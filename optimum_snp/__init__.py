@@ -21,6 +21,7 @@ from .plan import LayerPlan, PruningPlan, build_plan, plan_from_kept_dims, plan_
 from .pruner import SNPPruner
 from .ratios import PruningRatios, available_ratio_tables, load_ratio_table
 from .slicing import apply_plan
+from .training import SNPDistillationTrainer, SNPTrainingArguments
 from .version import __version__
 
 
@@ -32,6 +33,8 @@ __all__ = [
     "SNPPruner",
     "HubPushError",
     "push_pruned_model",
+    "SNPDistillationTrainer",
+    "SNPTrainingArguments",
     "plan_from_kept_dims",
     "ModelSize",
     "model_size",

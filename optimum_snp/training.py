@@ -1,0 +1,179 @@
+"""Fine-tune a pruned student with knowledge distillation from the unpruned teacher.
+
+`SNPDistillationTrainer` is a `transformers.Trainer`: checkpoints, evaluation, resuming and torchrun/accelerate
+DDP work as in any Trainer run. The teacher is kept outside `self.model`, so it is never wrapped by DDP, never
+handed to the optimizer and never written to a checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+
+DISTILLATION_TYPES = ("soft", "hard", "none")
+
+
+@dataclass
+class SNPTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the knowledge-distillation options of `SNPDistillationTrainer`."""
+
+    distillation_alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the distillation term; the label cross entropy gets 1 - alpha. For a DeiT student "
+            "with a distillation head, the distillation term trains that head and the label term the class head."
+        },
+    )
+    distillation_temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature T of soft distillation; the KL term is scaled by T^2."},
+    )
+    distillation_type: str = field(
+        default="soft",
+        metadata={
+            "help": "'soft': KL divergence to the teacher's softened distribution; 'hard': cross entropy against the "
+            "teacher's argmax (DeiT hard distillation); 'none': plain cross entropy on the labels, no teacher.",
+            "choices": list(DISTILLATION_TYPES),
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.distillation_type not in DISTILLATION_TYPES:
+            raise ValueError(
+                f"distillation_type={self.distillation_type!r} is not supported; use one of {list(DISTILLATION_TYPES)}."
+            )
+        if not 0.0 <= self.distillation_alpha <= 1.0:
+            raise ValueError(f"distillation_alpha={self.distillation_alpha} must lie in [0, 1].")
+        if self.distillation_temperature <= 0:
+            raise ValueError(f"distillation_temperature={self.distillation_temperature} must be > 0.")
+
+
+def _label_set(model: nn.Module) -> tuple[int, dict[int, str]] | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    return config.num_labels, {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+
+
+def _describe(labels: tuple[int, dict[int, str]], shown: int = 5) -> str:
+    num_labels, id2label = labels
+    items = sorted(id2label.items())
+    text = ", ".join(f"{k}: {v!r}" for k, v in items[:shown]) + (", ..." if len(items) > shown else "")
+    return f"{{{text}}} ({num_labels} classes)"
+
+
+def _check_same_labels(teacher: nn.Module, student: nn.Module) -> None:
+    teacher_labels, student_labels = _label_set(teacher), _label_set(student)
+    if teacher_labels is None or student_labels is None:
+        return
+    if teacher_labels != student_labels:
+        (_, t_names), (_, s_names) = teacher_labels, student_labels
+        differ = sorted(k for k in t_names.keys() | s_names.keys() if t_names.get(k) != s_names.get(k))
+        where = f" (first difference at id {differ[0]})" if differ else ""
+        raise ValueError(
+            f"The teacher has labels {_describe(teacher_labels)} but the student has {_describe(student_labels)}"
+            f"{where}; distill from the unpruned model the student was pruned from (same num_labels and id2label)."
+        )
+
+
+class SNPDistillationTrainer(Trainer):
+    """`Trainer` whose loss distills the teacher's logits into the (pruned) student.
+
+    `loss = alpha * distill + (1 - alpha) * cross_entropy(student, labels)`, with `distill` the temperature-scaled
+    KL divergence ("soft") or the cross entropy against the teacher's argmax ("hard"). A student with a
+    distillation head (`SNPDeiTForImageClassificationWithTeacher`) learns the labels with its class head and the
+    teacher with its distillation head, as in DeiT. The teacher is frozen (`eval()`, `requires_grad_(False)`) and
+    moved to the student's device on first use.
+    """
+
+    # compute_loss returns a per-batch mean, so the Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        teacher: nn.Module | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            args = SNPTrainingArguments(output_dir="trainer_output")
+        # Plain TrainingArguments carry no distillation options: they get SNPTrainingArguments' defaults.
+        defaults = SNPTrainingArguments.__dataclass_fields__
+        self.distillation_type = getattr(args, "distillation_type", defaults["distillation_type"].default)
+        self.distillation_alpha = getattr(args, "distillation_alpha", defaults["distillation_alpha"].default)
+        self.distillation_temperature = getattr(
+            args, "distillation_temperature", defaults["distillation_temperature"].default
+        )
+        if teacher is None and self.distillation_type != "none":
+            raise ValueError(
+                f"distillation_type={self.distillation_type!r} needs a teacher: pass teacher=<the unpruned model>, "
+                "or set distillation_type='none' to fine-tune on the labels only."
+            )
+        if teacher is not None:
+            if teacher is model:
+                raise ValueError("The teacher is the student itself; pass the unpruned model as teacher.")
+            if model is not None:
+                _check_same_labels(teacher, model)
+            teacher.eval().requires_grad_(False)
+        self.teacher = teacher
+        super().__init__(model=model, args=args, **kwargs)
+        # Students with a distillation head take no `labels` argument, so the Trainer would find no label names and
+        # never compute an eval loss; the labels are consumed here, in compute_loss.
+        if self.args.label_names is None:
+            self.label_names = ["labels"]
+
+    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        teacher = self.teacher
+        param = next(teacher.parameters(), None)
+        if param is not None and param.device != pixel_values.device:
+            teacher.to(pixel_values.device)
+        dtype = param.dtype if param is not None and param.is_floating_point() else pixel_values.dtype
+        with torch.no_grad():
+            # A DeiT teacher with two heads answers with their average in `.logits`.
+            return teacher(pixel_values=pixel_values.to(dtype)).logits.float()
+
+    def _distillation_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        if self.distillation_type == "hard":
+            return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+        t = self.distillation_temperature
+        return (
+            F.kl_div(
+                F.log_softmax(student_logits / t, dim=-1),
+                F.log_softmax(teacher_logits / t, dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * t
+            * t
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError(
+                f"SNPDistillationTrainer needs a `labels` entry in every batch; got keys {sorted(inputs)}."
+            )
+        outputs = model(**inputs)
+        two_heads = getattr(outputs, "distillation_logits", None) is not None
+        label_logits = (outputs.cls_logits if two_heads else outputs.logits).float()
+        label_loss = F.cross_entropy(label_logits, labels)
+        if self.teacher is None or self.distillation_type == "none":
+            loss = label_loss
+        else:
+            teacher_logits = self._teacher_logits(inputs["pixel_values"])
+            distill_logits = (outputs.distillation_logits if two_heads else outputs.logits).float()
+            distill_loss = self._distillation_loss(distill_logits, teacher_logits)
+            alpha = self.distillation_alpha
+            loss = alpha * distill_loss + (1.0 - alpha) * label_loss
+        return (loss, outputs) if return_outputs else loss
+
+
+__all__ = ["SNPTrainingArguments", "SNPDistillationTrainer", "DISTILLATION_TYPES"]
