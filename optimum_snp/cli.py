@@ -63,10 +63,12 @@ def config_from_args(args):
 
 
 def run_prune(args) -> int:
-    """Runs the command; returns the exit status (2 with a one-line message for bad input)."""
+    """Runs the command; returns the exit status (2 with a one-line message for bad input or a Hub error)."""
+    from .hub import HubPushError
+
     try:
         return _run(args)
-    except ValueError as err:
+    except (ValueError, HubPushError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -75,53 +77,80 @@ def _run(args) -> int:
     from transformers import AutoModelForImageClassification
 
     from .calibration import load_calibration_dataset
-    from .embedded import digits_dataset, evaluate_top1, load_embedded_model
+    from .embedded import digits_dataset, load_embedded_model
+    from .evaluation import evaluate_accuracy
+    from .finetune import finetune
+    from .hub import push_pruned_model
     from .pruner import SNPPruner
 
     config = config_from_args(args)
     show = not args.no_progress
-    eval_data = None
+    eval_data, dataset_info, train_data = None, None, None
+    epochs = args.finetune_epochs
     if args.model is None:
         model_path = load_embedded_model(show_progress=show)
         if args.dataset is None:
             digits = digits_dataset()
-            calibration, eval_data = digits["train"], digits["test"]
+            calibration, eval_data, train_data = digits["train"], digits["test"], digits["train"]
+            dataset_info = {"name": "scikit-learn digits", "type": "sklearn-digits", "split": "test"}
         else:
             calibration = args.dataset
+        epochs = 5 if epochs is None else epochs
     else:
         model_path = args.model
         if args.dataset is None and config.needs_calibration:
             raise ValueError("--dataset is required with --model (or use --criterion magnitude).")
         calibration = args.dataset
-    if args.eval_split is not None:
-        if args.dataset is None:
-            raise ValueError("--eval-split needs --dataset.")
-        eval_data = load_calibration_dataset(args.dataset, split=args.eval_split)
-    split = args.split
+        epochs = 0 if epochs is None else epochs
+    if args.dataset is not None:
+        if args.eval_split is not None:
+            eval_data = load_calibration_dataset(args.dataset, split=args.eval_split)
+            dataset_info = {"name": str(args.dataset), "type": str(args.dataset), "split": args.eval_split}
+        if epochs:
+            train_data = load_calibration_dataset(args.dataset, split=args.finetune_split or args.split)
+    elif args.eval_split is not None:
+        raise ValueError("--eval-split needs --dataset.")
+    if epochs and train_data is None:
+        raise ValueError("--finetune-epochs needs a labelled --dataset.")
 
     pruner = SNPPruner.from_pretrained(model_path)
-    before = (
-        evaluate_top1(pruner.model, eval_data, pruner.image_processor, label_column=args.label_column)
-        if (eval_data is not None)
-        else None
-    )
-    pruned = pruner.prune(
-        config,
-        calibration_dataset=calibration,
-        save_dir=args.output_dir,
-        overwrite=args.overwrite,
-        split=split,
-        show_progress=show,
-    )
-    after = (
-        evaluate_top1(pruned, eval_data, pruner.image_processor, label_column=args.label_column)
-        if (eval_data is not None)
-        else None
-    )
+    pruner._check_save_dir(args.output_dir, args.overwrite)  # fail before any work
+
+    def accuracy(model):
+        return evaluate_accuracy(
+            model, eval_data, pruner.image_processor, label_column=args.label_column, show_progress=False
+        )
+
+    results = {}
+    if eval_data is not None:
+        results["original"] = accuracy(pruner.model)
+    pruned = pruner.prune(config, calibration_dataset=calibration, split=args.split, show_progress=show)
+    if eval_data is not None:
+        results["pruned"] = accuracy(pruned)
+    tuning = None
+    if epochs:
+        tuning = finetune(
+            pruned,
+            pruner.model,
+            train_data,
+            pruner.image_processor,
+            epochs=epochs,
+            learning_rate=args.learning_rate,
+            distillation_type=args.distillation,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            seed=args.seed,
+            show_progress=show,
+        )
+        if eval_data is not None:
+            results["fine-tuned"] = accuracy(pruned)
+    card_results = {**results, "dataset": dataset_info} if results else None
+    pruner.save(pruned, args.output_dir, config, overwrite=args.overwrite, results=card_results)
     report = pruner.report
     reloaded_ok = (
         type(AutoModelForImageClassification.from_pretrained(args.output_dir)).__name__ == report["architecture"]
     )
+    pushed = push_pruned_model(args.output_dir, args.push_to_hub) if args.push_to_hub else None
 
     rows = [
         ("model", model_path),
@@ -138,14 +167,26 @@ def _run(args) -> int:
             f"({report['macs']['ratio']:.1%} kept)",
         ),
     ]
-    if before is not None:
-        rows.append(("top-1 original", f"{before:.2%}"))
-        rows.append(("top-1 pruned (no fine-tuning)", f"{after:.2%}"))
+    labels = {
+        "original": "top-1 original",
+        "pruned": "top-1 pruned (no fine-tuning)",
+        "fine-tuned": "top-1 fine-tuned",
+    }
+    rows += [(labels[stage], f"{value['top1']:.2%}") for stage, value in results.items()]
+    rows.append(("prune() seconds", report["seconds"]["total"]))
+    if tuning is not None:
+        rows.append(
+            (
+                "fine-tuning",
+                f"{tuning['epochs']:g} epochs, {tuning['distillation_type']} distillation, {tuning['seconds']} s",
+            )
+        )
     rows += [
-        ("prune() seconds", report["seconds"]["total"]),
-        ("saved to", args.output_dir),
+        ("saved to (with model card)", args.output_dir),
         ("reloads with AutoModelForImageClassification", "yes" if reloaded_ok else "NO"),
     ]
+    if pushed:
+        rows.append(("pushed to", pushed))
     width = max(len(k) for k, _ in rows)
     print()
     for key, value in rows:

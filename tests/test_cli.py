@@ -20,7 +20,7 @@ from .conftest import logits_of, pixel_values, tiny_model
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    tiny_model("vit").save_pretrained(root / "model")
+    tiny_model("vit", num_labels=10).save_pretrained(root / "model")
     digits = load_digits()
     for i, (image, label) in enumerate(zip(digits.images[:24], digits.target[:24], strict=True)):
         folder = root / "images" / str(label)
@@ -147,10 +147,17 @@ def test_embedded_default(monkeypatch, tmp_path, capsys):
     model_dir = tmp_path / "digits-vit"
     embedded.train_digits_vit(str(model_dir), epochs=1, show_progress=False)
     monkeypatch.setattr(embedded, "load_embedded_model", lambda **kw: str(model_dir))
-    status = main(["--output-dir", str(tmp_path / "out"), "--num-samples", "16", "--no-progress"])
+    status = main(
+        ["--output-dir", str(tmp_path / "out"), "--num-samples", "16", "--finetune-epochs", "1", "--no-progress"]
+    )
     printed = capsys.readouterr().out
     assert status == 0, printed
-    assert "top-1 original" in printed and "top-1 pruned (no fine-tuning)" in printed
+    assert "top-1 original" in printed and "top-1 pruned (no fine-tuning)" in printed and "top-1 fine-tuned" in printed
+    from huggingface_hub import metadata_load
+
+    card = metadata_load(tmp_path / "out" / "README.md")
+    names = [m["name"] for r in card["model-index"][0]["results"] for m in r["metrics"]]
+    assert len(names) >= 3 and any("fine-tuning" in n for n in names), names
     report_macs = [line for line in printed.splitlines() if line.startswith("MACs")][0]
     kept = float(report_macs.split("(")[1].split("%")[0]) / 100
     assert 0.49 <= kept <= 0.51

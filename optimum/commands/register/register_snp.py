@@ -59,6 +59,22 @@ def add_prune_arguments(parser) -> None:
     )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
+    tune = parser.add_argument_group("fine-tuning with distillation from the source model (teacher)")
+    tune.add_argument(
+        "--finetune-epochs",
+        type=float,
+        default=None,
+        help="Epochs of distillation fine-tuning after pruning (0: none). Default: 5 for the embedded model, else 0.",
+    )
+    tune.add_argument("--learning-rate", type=float, default=1e-3, help="Fine-tuning learning rate.")
+    tune.add_argument(
+        "--distillation",
+        default="soft",
+        choices=["soft", "hard", "none"],
+        help="Distillation loss (teacher: --model).",
+    )
+    tune.add_argument("--finetune-split", default=None, help="Split of --dataset to fine-tune on (default: --split).")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Also upload the result to this repo.")
     parser.add_argument("--output-dir", "-o", default="snp-output", help="Where the pruned model is saved.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
