@@ -72,3 +72,17 @@ def test_trainer_lowers_loss_and_checkpoint_reloads(kind, tmp_path):
     with torch.no_grad():
         x = data.pixel_values[:8]
         assert torch.equal(reloaded(x).logits, pruned(x).logits)
+
+
+def test_finetune_needs_a_label_column():
+    import datasets
+
+    from optimum_snp.calibration import derive_image_processor
+    from optimum_snp.embedded import digits_dataset
+    from optimum_snp.finetune import finetune
+
+    model = tiny_model("vit", num_labels=10)
+    unlabelled = digits_dataset()["test"].select(range(8)).remove_columns("label")
+    assert isinstance(unlabelled, datasets.Dataset)
+    with pytest.raises(ValueError, match=r"no label column 'label': found columns \['image'\]"):
+        finetune(model, None, unlabelled, derive_image_processor(model.config), epochs=1, show_progress=False)
