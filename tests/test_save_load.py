@@ -108,3 +108,21 @@ def test_round_trip_trust_remote_code_fresh_process(kind, tmp_path):
     assert result.stdout.strip().endswith(type(pruned).__name__)
     pruned.set_attn_implementation("sdpa")
     assert torch.equal(torch.load(tmp_path / "out.pt"), logits_of(pruned, x))
+
+
+def test_image_classification_pipeline(tmp_path):
+    from transformers import pipeline
+
+    from optimum_snp import SNPConfig, SNPPruner
+    from optimum_snp.embedded import digits_dataset
+
+    pruner = SNPPruner(tiny_model("vit", num_labels=10))
+    pruned = pruner.prune(SNPConfig(qk_ratio=0.5, criterion="magnitude"), save_dir=tmp_path / "m", show_progress=False)
+    pipe = pipeline("image-classification", model=str(tmp_path / "m"), top_k=3)
+    image = digits_dataset()["test"][0]["image"]
+    predictions = pipe(image)
+    assert len(predictions) == 3 and {"label", "score"} <= set(predictions[0])
+    pixels = pruner.image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    pruned.set_attn_implementation("sdpa")
+    expected = pruned.config.id2label[int(logits_of(pruned, pixels).argmax())]
+    assert predictions[0]["label"] == expected
