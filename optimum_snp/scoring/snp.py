@@ -36,9 +36,8 @@ def _col_sq_norms(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _LayerStats:
-    def __init__(self, dims, needs):
+    def __init__(self, dims):
         self.dims = dims
-        self.needs = needs
         self.q = None
         self.k = None
         self.sums: dict[str, torch.Tensor] = {}
@@ -57,7 +56,7 @@ class SNPStatistics:
         self.criteria = criteria
         self.qk_rank = qk_rank
         self.num_images = 0
-        self.layers = [_LayerStats(d, criteria) for d in self.adapter.layer_dims()]
+        self.layers = [_LayerStats(d) for d in self.adapter.layer_dims()]
         self.hidden_sum: torch.Tensor | None = None
         self._handles: list = []
 
@@ -271,14 +270,15 @@ def svd_share_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, rank: int
     return share.abs().sum(-2)
 
 
-def _max_other_head_cos(abs_cos: torch.Tensor, heads: int, dim: int, removed: torch.Tensor | None = None):
-    """rho of every filter: max |cos| with a kept filter of another head. abs_cos: (H*d, H*d)."""
-    head_of = torch.arange(heads * dim) // dim
-    masked = abs_cos.clone()
-    masked[head_of[:, None] == head_of[None, :]] = 0.0
-    if removed is not None:
-        masked[:, removed] = 0.0
-    return masked.max(1).values.view(heads, dim)
+def _other_head_cos(abs_cos: torch.Tensor, dim: int) -> torch.Tensor:
+    """|cos| between filters of different heads (same-head pairs set to 0). abs_cos: (H*d, H*d)."""
+    head_of = torch.arange(abs_cos.shape[0]) // dim
+    return abs_cos.masked_fill(head_of[:, None] == head_of[None, :], 0.0)
+
+
+def _max_other_head_cos(abs_cos: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """rho of every filter: max |cos| with a filter of another head. Returns (H, d)."""
+    return _other_head_cos(abs_cos, dim).max(1).values.view(heads, dim)
 
 
 def greedy_redundancy_keep(
@@ -294,9 +294,7 @@ def greedy_redundancy_keep(
             removed[h * dim : (h + 1) * dim] = True
     counts = {h: dim for h in heads}
     head_of = torch.arange(num_heads * dim) // dim
-    same_head = head_of[:, None] == head_of[None, :]
-    cos = abs_cos.clone()
-    cos[same_head] = 0.0
+    cos = _other_head_cos(abs_cos, dim)
     while any(c > keep for c in counts.values()):
         rho = cos.masked_fill(removed[None, :], 0.0).max(1).values
         score = (contribution.flatten() * (1 - rho)).masked_fill(removed, float("inf"))
