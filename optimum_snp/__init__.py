@@ -5,6 +5,7 @@ Importing the package registers the pruned model family with the transformers Au
 
 from .accounting import ModelSize, model_size, model_size_of
 from .adapters import DeiTAdapter, LayerDims, ViTAdapter, get_adapter, supported_model_classes
+from .artifacts import record_results
 from .config import SNPConfig
 from .hub import HubPushError, push_pruned_model
 from .models import (
@@ -33,6 +34,7 @@ __all__ = [
     "SNPPruner",
     "HubPushError",
     "push_pruned_model",
+    "record_results",
     "SNPDistillationTrainer",
     "SNPTrainingArguments",
     "plan_from_kept_dims",

@@ -136,7 +136,7 @@ def load_calibration_dataset(
     return loaded
 
 
-def _column_names(dataset) -> list[str]:
+def column_names(dataset) -> list[str]:
     names = dataset.column_names
     if names is None:  # IterableDataset with unknown features: look at the first example
         first = next(iter(dataset), None)
@@ -149,7 +149,7 @@ def _column_names(dataset) -> list[str]:
 def find_image_column(dataset, image_column: str | None = None) -> str:
     """The column holding the images: `image_column` if given, else `pixel_values`, else the first of
     `IMAGE_COLUMNS`, else the first column typed `datasets.Image`."""
-    names = _column_names(dataset)
+    names = column_names(dataset)
     if image_column is not None:
         if image_column not in names:
             raise ValueError(
@@ -217,7 +217,7 @@ def _non_finite_error(column: str) -> str:
     )
 
 
-def _preprocess(values: list, column: str, image_processor) -> torch.Tensor:
+def preprocess_images(values: list, column: str, image_processor) -> torch.Tensor:
     if column == PIXEL_VALUES_COLUMN:
         tensors = [_as_pixel_values(v) for v in values]
         shapes = sorted({tuple(t.shape) for t in tensors})
@@ -241,7 +241,7 @@ def _preprocess(values: list, column: str, image_processor) -> torch.Tensor:
     return batch
 
 
-def _chunks(values: Iterable, size: int) -> Iterator[list]:
+def chunks(values: Iterable, size: int) -> Iterator[list]:
     chunk = []
     for value in values:
         chunk.append(value)
@@ -308,12 +308,12 @@ def calibration_batches(
         if column == PIXEL_VALUES_COLUMN:
             data = data.with_format("numpy")
         data = data.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_SIZE).take(num_samples)
-        values = _chunks((example[column] for example in data), batch_size)
+        values = chunks((example[column] for example in data), batch_size)
 
     batches = []
     with tqdm(total=total, desc="Calibration data", unit="img", disable=not show_progress) as progress:
         for chunk in values:
-            batches.append(_preprocess(list(chunk), column, image_processor))
+            batches.append(preprocess_images(list(chunk), column, image_processor))
             progress.update(len(chunk))
     count = sum(len(b) for b in batches)
     if count == 0:
@@ -326,8 +326,11 @@ def calibration_batches(
 __all__ = [
     "IMAGE_COLUMNS",
     "calibration_batches",
+    "chunks",
+    "column_names",
     "derive_image_processor",
     "find_image_column",
     "load_calibration_dataset",
+    "preprocess_images",
     "resolve_image_processor",
 ]

@@ -1,8 +1,8 @@
 """The embedded default model: a small ViT trained on scikit-learn's digits, so the pipeline runs without network.
 
 `digits_dataset()` turns the 1797 8x8 digits into a `datasets.DatasetDict` of RGB images; `load_embedded_model()`
-returns the folder of a ViT trained on it (training it in about a minute on first use and caching it);
-`evaluate_top1()` measures any image classifier on a `datasets` split.
+returns the folder of a ViT trained on it (training it in about a minute on first use and caching it).
+Accuracy is measured with `optimum_snp.evaluation.evaluate_accuracy`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification
 
+from .evaluation import evaluate_accuracy
 from .version import __version__
 
 
@@ -236,7 +237,7 @@ def train_digits_vit(
             total_loss += loss.item() * len(idx)
         progress.set_postfix(loss=f"{total_loss / len(labels):.3f}")
 
-    top1 = evaluate_top1(model, data["test"], processor)
+    top1 = evaluate_accuracy(model, data["test"], processor, show_progress=False)["top1"]
     metrics = {
         "top1": round(top1, 6),
         "epochs": epochs,
@@ -264,43 +265,6 @@ def train_digits_vit(
     return metrics
 
 
-def evaluate_top1(
-    model: torch.nn.Module,
-    dataset: datasets.Dataset,
-    image_processor,
-    batch_size: int = 128,
-    image_column: str = "image",
-    label_column: str = "label",
-) -> float:
-    """Top-1 accuracy (0..1) of an image classifier (any model whose output has `.logits`) on a `datasets` split,
-    preprocessing images with `image_processor`."""
-    for column in (image_column, label_column):
-        if column not in dataset.column_names:
-            raise ValueError(
-                f"Column {column!r} is not in the dataset (columns: {dataset.column_names}); pass "
-                "`image_column=` / `label_column=`."
-            )
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty; pass a split with at least one example.")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        with torch.inference_mode():
-            for begin in range(0, len(dataset), batch_size):
-                batch = dataset[begin : begin + batch_size]
-                images = [image.convert("RGB") if image.mode != "RGB" else image for image in batch[image_column]]
-                inputs = image_processor(images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
-                predictions = model(pixel_values=inputs).logits.argmax(-1).cpu()
-                correct += int((predictions == torch.as_tensor(batch[label_column])).sum())
-    finally:
-        model.train(was_training)
-    return correct / len(dataset)
-
-
 __all__ = [
     "DIGITS_IMAGE_SIZE",
     "digits_dataset",
@@ -309,5 +273,4 @@ __all__ = [
     "embedded_model_dir",
     "load_embedded_model",
     "train_digits_vit",
-    "evaluate_top1",
 ]

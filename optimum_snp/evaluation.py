@@ -13,11 +13,11 @@ from datasets import Dataset
 
 from .calibration import (
     PIXEL_VALUES_COLUMN,
-    _chunks,
-    _column_names,
-    _preprocess,
+    chunks,
+    column_names,
     find_image_column,
     load_calibration_dataset,
+    preprocess_images,
 )
 from .metrics import load_accuracy_metric
 
@@ -100,7 +100,7 @@ def evaluate_accuracy(
         _check_positive(max_samples, "max_samples")
     data = load_calibration_dataset(dataset, split=split)
     column = find_image_column(data, image_column)
-    names = _column_names(data)
+    names = column_names(data)
     if label_column not in names:
         raise ValueError(
             f"The evaluation dataset has no label column {label_column!r}: found columns {names}; pass "
@@ -130,7 +130,7 @@ def evaluate_accuracy(
             data = data.take(max_samples)
         batches = (
             ([row[column] for row in rows], [row[label_column] for row in rows])
-            for rows in _chunks(iter(data), batch_size)
+            for rows in chunks(iter(data), batch_size)
         )
 
     param = next(model.parameters(), None)
@@ -148,7 +148,7 @@ def evaluate_accuracy(
             for images, labels in batches:
                 labels = _as_label_array(labels, label_column)
                 _check_labels(labels, label_column, num_labels)
-                pixel_values = _preprocess(list(images), column, image_processor).to(device=device, dtype=dtype)
+                pixel_values = preprocess_images(list(images), column, image_processor).to(device=device, dtype=dtype)
                 logits = _logits(model, pixel_values).float().cpu().numpy()
                 metric.add_batch(predictions=logits, references=labels)
                 count += len(labels)

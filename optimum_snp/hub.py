@@ -42,11 +42,14 @@ def push_pruned_model(
     private: bool = False,
     commit_message: str = "Upload SNP-pruned model",
     endpoint: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> str:
     """Upload every file of `save_dir` to the model repo `repo_id` (created if missing) and return the commit URL.
 
     `token` defaults to the logged-in one (`hf auth login` or `HF_TOKEN`); `endpoint` to `HF_ENDPOINT` or
-    https://huggingface.co. `private` only applies when the repo is created. Raises `ValueError` if `save_dir`
+    https://huggingface.co. `private` only applies when the repo is created. `revision` is the branch to commit to,
+    `create_pr=True` opens a pull request instead of committing. Raises `ValueError` if `save_dir`
     is not a saved model, `HubPushError` if the Hub cannot be reached or refuses the push.
     """
     folder = Path(save_dir)
@@ -75,7 +78,13 @@ def push_pruned_model(
         # `create_repo` returns the full id, with the user's namespace when `repo_id` has none.
         repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
         commit = api.upload_folder(
-            folder_path=folder, repo_id=repo_id, token=token, repo_type="model", commit_message=commit_message
+            folder_path=folder,
+            repo_id=repo_id,
+            token=token,
+            repo_type="model",
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
         )
     except Exception as err:
         problem = _describe(err, api.endpoint, repo_id)

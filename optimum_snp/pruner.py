@@ -6,7 +6,6 @@ calibrate (calibration.py) -> score (scoring/) -> allocate (allocation.py) -> pl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,8 +17,8 @@ from torch import nn
 from .accounting import architecture_of, model_size_of
 from .adapters import get_adapter
 from .allocation import allocate_dims
+from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import calibration_batches, resolve_image_processor
-from .card import write_model_card
 from .config import SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
@@ -29,9 +28,6 @@ from .version import __version__
 
 
 logger = logging.getLogger(__name__)
-
-PLAN_NAME = "pruning_plan.json"
-REPORT_NAME = "pruning_report.json"
 
 
 class SNPPruner:
@@ -115,6 +111,17 @@ class SNPPruner:
 
         self.plan = plan
         self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
+        # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
+        attach_pruning_info(
+            pruned,
+            PruningInfo(
+                snp_config=config,
+                report=self.report,
+                plan=plan,
+                image_processor=self.image_processor,
+                base_model=self.source,
+            ),
+        )
         if save_dir is not None:
             self.save(pruned, save_dir, config, overwrite=overwrite)
         return pruned
@@ -186,27 +193,30 @@ class SNPPruner:
         self,
         pruned: nn.Module,
         save_dir: str | os.PathLike,
-        config: SNPConfig,
+        config: SNPConfig | None = None,
         overwrite: bool = False,
         results: dict | None = None,
     ) -> str:
-        """Writes model, image processor, snp_config.json, plan, report and model card (README.md with the
-        pruning-profile plot; `results` as in `card.write_model_card`) into a temp folder, then renames it."""
+        """`pruned.save_pretrained` (model, image processor, snp_config.json, plan, report, model card with the
+        pruning-profile plot) into a temp folder, then renamed to `save_dir`. `results` (as in
+        `card.write_model_card`) are added to what the model carries; `config` replaces the recorded SNPConfig."""
         self._check_save_dir(save_dir, overwrite)
+        info = get_pruning_info(pruned)
+        if info is None:
+            info = PruningInfo(report=self.report, plan=self.plan, base_model=self.source)
+            attach_pruning_info(pruned, info)
+        if config is not None:
+            info.snp_config = config
+        if info.image_processor is None:
+            info.image_processor = self.image_processor
+        if results:
+            record_results(pruned, results)
         target = os.path.realpath(os.fspath(save_dir))
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".snp-tmp-", dir=parent)
         try:
             pruned.save_pretrained(tmp)
-            self.image_processor.save_pretrained(tmp)
-            config.save_pretrained(tmp)
-            if self.plan is not None:
-                self.plan.save(os.path.join(tmp, PLAN_NAME))
-            if self.report is not None:
-                with open(os.path.join(tmp, REPORT_NAME), "w") as f:
-                    json.dump(self.report, f, indent=2)
-                write_model_card(tmp, self.report, config, results=results, base_model=self.source)
             if os.path.isdir(target):
                 trash = tempfile.mkdtemp(prefix=".snp-old-", dir=parent)
                 os.replace(target, os.path.join(trash, "old"))
@@ -219,3 +229,6 @@ class SNPPruner:
             raise
         logger.info("Saved the pruned model to %s", target)
         return target
+
+
+__all__ = ["PLAN_NAME", "REPORT_NAME", "SNPPruner"]

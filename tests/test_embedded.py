@@ -18,10 +18,10 @@ from optimum_snp.embedded import (
     digits_dataset,
     digits_image_processor,
     embedded_model_dir,
-    evaluate_top1,
     load_embedded_model,
     train_digits_vit,
 )
+from optimum_snp.evaluation import evaluate_accuracy
 
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -80,7 +80,7 @@ def tiny_classifier(seed: int = 0) -> ViTForImageClassification:
     return ViTForImageClassification(config)
 
 
-def test_evaluate_top1_matches_hand_computed_accuracy(digits):
+def test_evaluate_accuracy_matches_hand_computed_accuracy(digits):
     split = digits["test"].select(range(40))
     model, processor = tiny_classifier(), digits_image_processor()
     model.train()
@@ -92,13 +92,13 @@ def test_evaluate_top1_matches_hand_computed_accuracy(digits):
     expected = (predictions == torch.tensor(split["label"])).float().mean().item()
     assert len(set(predictions.tolist())) > 1
 
-    top1 = evaluate_top1(model, split, processor, batch_size=7)
+    top1 = evaluate_accuracy(model, split, processor, batch_size=7, show_progress=False)["top1"]
     assert 0.0 <= top1 <= 1.0
     assert top1 == pytest.approx(expected)
     assert model.training  # the caller's mode is restored
 
 
-def test_evaluate_top1_accepts_any_model_with_logits(digits):
+def test_evaluate_accuracy_accepts_any_model_with_logits(digits):
     split = digits["test"].select(range(30))
 
     class Oracle(nn.Module):
@@ -116,13 +116,13 @@ def test_evaluate_top1_accepts_any_model_with_logits(digits):
             return types.SimpleNamespace(logits=nn.functional.one_hot(labels, 10).float())
 
     wrong = [(y + 1) % 10 if i % 3 == 0 else y for i, y in enumerate(split["label"])]
-    top1 = evaluate_top1(Oracle(wrong), split, digits_image_processor(), batch_size=8)
+    top1 = evaluate_accuracy(Oracle(wrong), split, digits_image_processor(), batch_size=8, show_progress=False)["top1"]
     assert top1 == pytest.approx(20 / 30)
 
 
-def test_evaluate_top1_names_a_missing_column(digits):
+def test_evaluate_accuracy_names_a_missing_column(digits):
     with pytest.raises(ValueError, match="'pixels'"):
-        evaluate_top1(tiny_classifier(), digits["test"], digits_image_processor(), image_column="pixels")
+        evaluate_accuracy(tiny_classifier(), digits["test"], digits_image_processor(), image_column="pixels")
 
 
 def test_embedded_model_dir_locations(tmp_path, monkeypatch):
@@ -217,4 +217,6 @@ def test_train_digits_vit_one_epoch_is_loadable(tmp_path, digits):
     processor = ViTImageProcessor.from_pretrained(tmp_path)
     assert model.config.id2label[3] == "3" and model.config.hidden_size == 96
     assert processor.size == {"height": DIGITS_IMAGE_SIZE, "width": DIGITS_IMAGE_SIZE}
-    assert evaluate_top1(model, digits["test"], processor) == pytest.approx(metrics["top1"], abs=1e-6)
+    assert evaluate_accuracy(model, digits["test"], processor, show_progress=False)["top1"] == pytest.approx(
+        metrics["top1"], abs=1e-6
+    )

@@ -1,5 +1,6 @@
 """push_pruned_model with the real huggingface_hub client against a loopback Hub (tests/hub_server.py)."""
 
+import json
 import os
 import shutil
 import socket
@@ -178,3 +179,55 @@ def test_folder_without_model_files(missing, pruned, hub, tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         push_pruned_model(tmp_path / "nowhere", "tiny-snp", token=TEST_TOKEN, endpoint=hub.endpoint)
     assert hub.requests == []
+
+
+def test_model_push_to_hub_uploads_card_plot_processor_and_pruning_files(pruned, hub, tmp_path):
+    model, folder = pruned
+    url = model.push_to_hub("pushed", token=TEST_TOKEN, endpoint=hub.endpoint, commit_message="from the model")
+    files = hub.files(f"{TEST_USER}/pushed")
+    assert url.startswith(f"{hub.endpoint}/{TEST_USER}/pushed/commit/")
+    expected = {"config.json", "model.safetensors", "modeling_snp.py", "configuration_snp.py", "snp_config.json"}
+    expected |= {"pruning_plan.json", "pruning_report.json", "preprocessor_config.json", "README.md"}
+    assert expected | {"pruning_profile.png"} <= set(files)
+    assert json.loads(files["config.json"])["auto_map"]["AutoModelForImageClassification"].startswith("modeling_snp.")
+    card = files["README.md"].decode()
+    assert "optimum-snp" in card and "![pruning profile](pruning_profile.png)" in card
+    assert files["snp_config.json"] == (folder / "snp_config.json").read_bytes()
+
+
+def test_save_pretrained_push_to_hub_pushes_the_saved_folder(pruned, hub, tmp_path, monkeypatch):
+    model, _ = pruned
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="saved-and-pushed", token=TEST_TOKEN)
+    assert hub.files(f"{TEST_USER}/saved-and-pushed") == snapshot(tmp_path / "local")
+    assert "README.md" in hub.files(f"{TEST_USER}/saved-and-pushed")
+
+
+def test_cli_push_to_hub(hub, tmp_path):
+    tiny_model("vit", num_labels=10).save_pretrained(tmp_path / "model")
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_TOKEN": TEST_TOKEN,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    args = ["--model", str(tmp_path / "model"), "--criterion", "magnitude", "--qk-ratio", "0.5"]
+    args += ["--output-dir", str(tmp_path / "out"), "--no-progress", "--push-to-hub", "cli-pushed"]
+    result = subprocess.run(
+        [sys.executable, "-m", "optimum_snp", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{hub.endpoint}/{TEST_USER}/cli-pushed/commit/" in result.stdout
+    assert hub.files(f"{TEST_USER}/cli-pushed") == snapshot(tmp_path / "out")
+
+    # a Hub error is one clear line, exit status 2, and the local save is kept
+    env["HF_TOKEN"] = "hf_wrong"
+    args[args.index(str(tmp_path / "out"))] = str(tmp_path / "out2")
+    result = subprocess.run(
+        [sys.executable, "-m", "optimum_snp", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 2
+    assert "401" in result.stderr and f"The model is saved locally in {tmp_path / 'out2'}" in result.stderr
+    assert (tmp_path / "out2" / "model.safetensors").is_file()

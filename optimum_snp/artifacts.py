@@ -1,0 +1,237 @@
+"""What a pruned model carries besides its weights, written next to them on every save.
+
+`SNPPruner.prune` attaches a `PruningInfo` to the model it returns: the `SNPConfig`, the pruning plan and report, the
+image processor, the source model and the accuracies measured so far (add some with `record_results`). The SNP
+model classes call into this module (when optimum-snp is installed) so that:
+
+- every `save_pretrained` (so also `Trainer.save_model` and Trainer checkpoints) writes `snp_config.json`,
+  `pruning_plan.json`, `pruning_report.json`, the image processor, and the model card `README.md` with its
+  pruning-profile plot, updated rather than overwritten;
+- `from_pretrained` of a folder (or Hub repo) reads them back;
+- `push_to_hub` uploads all of it (transformers' own `push_to_hub` would replace the card with a generic one).
+
+A model without pruning info (e.g. built with `apply_plan` directly) still gets a card, with the original sizes
+read from its config (`num_attention_heads`, `intermediate_size` and `original_head_dim` keep the unpruned values).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from .accounting import architecture_of, model_size
+from .adapters import LayerDims, layer_dims_from_config
+from .card import CARD_NAME, _clean_results, _merge_results, _previous_card, write_model_card
+from .config import SNP_CONFIG_NAME, SNPConfig
+from .plan import PruningPlan
+from .version import __version__
+
+
+logger = logging.getLogger(__name__)
+
+PLAN_NAME = "pruning_plan.json"
+REPORT_NAME = "pruning_report.json"
+PROCESSOR_NAME = "preprocessor_config.json"
+INFO_ATTRIBUTE = "snp_pruning_info"
+
+
+@dataclass
+class PruningInfo:
+    """How a model was pruned and what was measured on it; `SNPPruner.prune` attaches one to the pruned model."""
+
+    snp_config: SNPConfig | None = None
+    report: dict | None = None
+    plan: PruningPlan | None = None
+    image_processor: Any = None
+    base_model: str | None = None
+    results: dict = field(default_factory=dict)
+
+
+def get_pruning_info(model) -> PruningInfo | None:
+    return getattr(model, INFO_ATTRIBUTE, None)
+
+
+def attach_pruning_info(model, info: PruningInfo) -> None:
+    # set through object.__setattr__: a plain attribute, not a submodule or parameter of the nn.Module
+    object.__setattr__(model, INFO_ATTRIBUTE, info)
+
+
+def record_results(model, results: dict) -> dict:
+    """Adds accuracies to what `model` carries (as in `card.write_model_card`: {"fine-tuned": {"top1": ...},
+    "dataset": {...}}); the next `save_pretrained` / `push_to_hub` shows them in the card. Returns all results."""
+    info = get_pruning_info(model)
+    if info is None:
+        info = PruningInfo()
+        attach_pruning_info(model, info)
+    info.results = _merge_results(info.results, _clean_results(results))
+    return info.results
+
+
+# ---- saving ------------------------------------------------------------------------------------------------
+def report_from_config(model) -> dict:
+    """A pruning report (as `SNPPruner.report`) from the model's config alone: the per-layer dims now, against the
+    unpruned ones the SNP config keeps for reference."""
+    config = model.config
+    architecture = architecture_of(model)
+    head_dim = getattr(config, "original_head_dim", None) or config.hidden_size // config.num_attention_heads
+    original_hidden = config.num_attention_heads * head_dim
+    after = layer_dims_from_config(config)
+    before = [LayerDims(config.num_attention_heads, head_dim, head_dim, config.intermediate_size) for _ in after]
+    size_before = model_size(config, architecture, hidden_size=original_hidden, layer_dims=before)
+    size_after = model_size(config, architecture)
+    return {
+        "optimum_snp_version": __version__,
+        "source": getattr(config, "_name_or_path", None) or None,
+        "architecture": type(model).__name__,
+        "params": {
+            "before": size_before.params,
+            "after": size_after.params,
+            "ratio": size_after.params / size_before.params,
+        },
+        "macs": {"before": size_before.macs, "after": size_after.macs, "ratio": size_after.macs / size_before.macs},
+        "hidden_size": {"before": original_hidden, "after": config.hidden_size},
+        "layers": [
+            {"layer": i, "before": b.to_dict(), "after": a.to_dict()}
+            for i, (b, a) in enumerate(zip(before, after, strict=True))
+        ],
+    }
+
+
+def save_pruning_info(model, save_directory: str | os.PathLike) -> None:
+    """Writes what `model` carries from pruning, and the model card with its plot, into `save_directory`."""
+    save_directory = os.fspath(save_directory)
+    info = get_pruning_info(model) or PruningInfo()
+    if info.snp_config is not None:
+        info.snp_config.save_pretrained(save_directory)
+    if info.plan is not None:
+        info.plan.save(os.path.join(save_directory, PLAN_NAME))
+    report = info.report or report_from_config(model)
+    if info.report is not None:
+        with open(os.path.join(save_directory, REPORT_NAME), "w") as f:
+            json.dump(info.report, f, indent=2)
+    if info.image_processor is not None:
+        info.image_processor.save_pretrained(save_directory)
+    config = (
+        info.snp_config.to_dict() if info.snp_config is not None else {"note": "pruning configuration not recorded"}
+    )
+    write_model_card(save_directory, report, config, results=info.results or None, base_model=info.base_model)
+
+
+def save_pretrained_with_info(save_weights, model, save_directory, *args, **kwargs):
+    """`PreTrainedModel.save_pretrained` (`save_weights`), then the pruning files and card; `push_to_hub=True` then
+    uploads the whole folder (so the card is ours, not transformers' generic one)."""
+    push = kwargs.pop("push_to_hub", False)
+    repo_id = kwargs.pop("repo_id", None)
+    hub = {k: kwargs.pop(k) for k in ("commit_message", "private", "revision", "create_pr") if k in kwargs}
+    result = save_weights(save_directory, *args, **kwargs)
+    is_main_process = kwargs.get("is_main_process", args[0] if args else True)
+    if not is_main_process:
+        return result
+    save_pruning_info(model, save_directory)
+    if push:
+        from .hub import push_pruned_model
+
+        repo_id = repo_id or os.path.basename(os.path.abspath(os.fspath(save_directory)))
+        token = kwargs.get("token")
+        push_pruned_model(save_directory, repo_id, token=token if isinstance(token, str) else None, **hub)
+    return result
+
+
+def push_model(
+    model,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    max_shard_size: int | str = "50GB",
+    revision: str | None = None,
+    create_pr: bool = False,
+    endpoint: str | None = None,
+    **unsupported,
+) -> str:
+    """`model.push_to_hub(repo_id)` of an SNP model: saves it (weights, config with `auto_map`, modeling files,
+    pruning files, image processor, card and plot) into a temporary folder and uploads that folder with
+    `push_pruned_model`. Returns the commit URL; errors are `HubPushError`s."""
+    from .hub import push_pruned_model
+
+    if unsupported:
+        raise ValueError(
+            f"push_to_hub of an SNP model does not support {sorted(unsupported)}; supported: commit_message, "
+            "private, token, max_shard_size, revision, create_pr, endpoint."
+        )
+    with tempfile.TemporaryDirectory(prefix="snp-push-") as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        return push_pruned_model(
+            tmp,
+            repo_id,
+            token=token if isinstance(token, str) else None,
+            private=bool(private),
+            commit_message=commit_message or "Upload SNP-pruned model",
+            endpoint=endpoint,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+def _fetch(source: str, name: str, hub_kwargs: dict) -> str | None:
+    """Local path of `name` in the folder or Hub repo `source`, or None when it has none."""
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return path if os.path.isfile(path) else None
+    try:
+        from transformers.utils import cached_file
+
+        return cached_file(
+            source,
+            name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+    except Exception as err:  # the weights loaded, so a missing side file must not fail the load
+        logger.info("Could not fetch %s from %s: %s", name, source, err)
+        return None
+
+
+def load_pruning_info(model, source, **kwargs) -> None:
+    """Attaches to `model` the pruning info saved in the folder or Hub repo `source` (nothing when it has none)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    source = os.fspath(source)
+    hub_kwargs = {
+        k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs
+    }
+    info = PruningInfo()
+    if path := _fetch(source, SNP_CONFIG_NAME, hub_kwargs):
+        info.snp_config = SNPConfig.from_pretrained(path)
+    if path := _fetch(source, PLAN_NAME, hub_kwargs):
+        info.plan = PruningPlan.load(path)
+    if path := _fetch(source, REPORT_NAME, hub_kwargs):
+        with open(path) as f:
+            info.report = json.load(f)
+    if path := _fetch(source, CARD_NAME, hub_kwargs):
+        info.results, metadata = _previous_card(path)
+        info.base_model = metadata.get("base_model")
+    if _fetch(source, PROCESSOR_NAME, hub_kwargs):
+        from transformers import AutoImageProcessor
+
+        info.image_processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+    attach_pruning_info(model, info)
+
+
+__all__ = [
+    "PruningInfo",
+    "attach_pruning_info",
+    "get_pruning_info",
+    "load_pruning_info",
+    "push_model",
+    "record_results",
+    "report_from_config",
+    "save_pruning_info",
+]
