@@ -23,6 +23,35 @@ from .plan import topk_sorted
 MACS_EXPONENT = 0.25
 
 
+def kept_levels(dim: int, floor: int, round_to: int = 1) -> list[int]:
+    """The sizes a group of `dim` units may be cut to, largest first: `dim` itself, then the multiples of `round_to`
+    below it down to `floor` (at least one multiple is kept, so `round_to` > `dim` leaves the group whole)."""
+    levels = [dim]
+    top = (dim - 1) // round_to * round_to
+    levels += [m for m in range(top, 0, -round_to) if m >= max(floor, 1)]
+    return levels
+
+
+def round_kept(kept: int, dim: int, round_to: int = 1) -> int:
+    """`kept` rounded to the nearest multiple of `round_to` (at least one multiple, at most `dim`)."""
+    if round_to <= 1:
+        return kept
+    return min(dim, max(round_to, round(kept / round_to) * round_to))
+
+
+def round_dims(dims: list[LayerDims], base: list[LayerDims], round_to: int = 1) -> list[LayerDims]:
+    """Per-layer query/key, value and MLP dims rounded to multiples of `round_to` (heads are left as they are)."""
+    return [
+        LayerDims(
+            d.num_heads,
+            round_kept(d.qk_head_dim, b.qk_head_dim, round_to),
+            round_kept(d.v_head_dim, b.v_head_dim, round_to),
+            round_kept(d.intermediate_size, b.intermediate_size, round_to),
+        )
+        for d, b in zip(dims, base, strict=True)
+    ]
+
+
 def allocate_dims(
     scores,
     config,
@@ -31,35 +60,40 @@ def allocate_dims(
     base_dims: list[LayerDims],
     target_macs: float,
     max_ratio: float = 0.9,
+    round_to: int = 1,
 ) -> list[LayerDims]:
     """Per-layer dims whose model needs at most `target_macs` per image.
 
     `base_dims` are the dims after head pruning (query/key, value and MLP still full); heads are chosen by
-    their scores as the planner will choose them. Raises ValueError when the target cannot be reached.
+    their scores as the planner will choose them. With `round_to` > 1 a step removes down to the next multiple of
+    `round_to` (its cost is the summed score of the removed units over the MACs they save, to the same exponent).
+    Raises ValueError when the target cannot be reached.
     """
     tokens = num_tokens(config)
     d = kept_hidden
     start = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=base_dims).macs
+    fields = (("qk", "qk_head_dim"), ("v", "v_head_dim"), ("mlp", "intermediate_size"))
+    levels = {
+        (idx, g): kept_levels(getattr(b, f), getattr(b, f) - int(max_ratio * getattr(b, f)), round_to)
+        for idx, b in enumerate(base_dims)
+        for g, f in fields
+    }
     floor_dims = [
-        LayerDims(
-            b.num_heads,
-            max(1, b.qk_head_dim - int(max_ratio * b.qk_head_dim)),
-            max(1, b.v_head_dim - int(max_ratio * b.v_head_dim)),
-            max(1, b.intermediate_size - int(max_ratio * b.intermediate_size)),
-        )
-        for b in base_dims
+        LayerDims(b.num_heads, levels[idx, "qk"][-1], levels[idx, "v"][-1], levels[idx, "mlp"][-1])
+        for idx, b in enumerate(base_dims)
     ]
     floor = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=floor_dims).macs
     if target_macs < floor:
         raise ValueError(
             f"Target of {target_macs / 1e9:.4g} GMACs is below {floor / 1e9:.4g} GMACs, the least this model reaches "
-            f"removing at most {max_ratio:.0%} of every group (after head/hidden pruning); raise the target, "
-            "increase `head_ratio`/`hidden_ratio`, or raise `max_allocated_ratio`."
+            f"removing at most {max_ratio:.0%} of every group (after head/hidden pruning"
+            + (f", dims rounded to multiples of {round_to}" if round_to > 1 else "")
+            + "); raise the target, increase `head_ratio`/`hidden_ratio`, or raise `max_allocated_ratio`."
         )
     if start <= target_macs:
         return list(base_dims)
 
-    # ascending per-step costs of every (layer, group)
+    # ascending per-unit costs of every (layer, group)
     steps: dict[tuple[int, str], torch.Tensor] = {}
     means = {}
     for group in ("qk", "v", "mlp"):
@@ -69,45 +103,44 @@ def allocate_dims(
         heads = topk_sorted(ls.heads, base.num_heads)
         for group in ("qk", "v"):
             per_head = getattr(ls, group)[heads].float() / means[group]  # (kept heads, dim)
-            steps[idx, group] = per_head.sort(dim=1).values.sum(0)  # k-th step removes the k-th weakest per head
+            steps[idx, group] = per_head.sort(dim=1).values.sum(0)  # k-th unit removes the k-th weakest per head
         steps[idx, "mlp"] = (ls.mlp.float() / means["mlp"]).sort().values
 
-    def step_macs(idx: int, group: str) -> int:
+    def unit_macs(idx: int, group: str) -> int:
         heads = base_dims[idx].num_heads
         return heads * (2 * tokens * d + tokens * tokens) if group in ("qk", "v") else 2 * tokens * d
 
-    limit = {
-        (idx, g): (getattr(base, f) - getattr(fl, f))
-        for idx, (base, fl) in enumerate(zip(base_dims, floor_dims, strict=True))
-        for g, f in (("qk", "qk_head_dim"), ("v", "v_head_dim"), ("mlp", "intermediate_size"))
-    }
-    removed = dict.fromkeys(limit, 0)
+    def step_macs(key, k: int) -> int:  # MACs saved by the k-th step of `key`
+        return (levels[key][k] - levels[key][k + 1]) * unit_macs(*key)
 
     def cost(key, k: int) -> float:
-        return float(steps[key][k]) / step_macs(*key) ** MACS_EXPONENT
+        full = levels[key][0]
+        removed_units = steps[key][full - levels[key][k] : full - levels[key][k + 1]]
+        return float(removed_units.sum()) / step_macs(key, k) ** MACS_EXPONENT
 
-    heap = [(cost(key, 0), key) for key in limit if limit[key] > 0]
+    taken = dict.fromkeys(levels, 0)  # steps taken per key
+    heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]
     heapq.heapify(heap)
     macs = start
     history = []
     while macs > target_macs and heap:
         _, key = heapq.heappop(heap)
-        macs -= step_macs(*key)
-        removed[key] += 1
+        macs -= step_macs(key, taken[key])
+        taken[key] += 1
         history.append(key)
-        if removed[key] < limit[key]:
-            heapq.heappush(heap, (cost(key, removed[key]), key))
-    # the last (coarse) attention step may overshoot; give back the most recently removed MLP units that still fit
+        if taken[key] + 1 < len(levels[key]):
+            heapq.heappush(heap, (cost(key, taken[key]), key))
+    # the last (coarse) attention step may overshoot; give back the most recently removed MLP steps that still fit
     for key in reversed(history):
-        if key[1] == "mlp" and macs + step_macs(*key) <= target_macs:
-            macs += step_macs(*key)
-            removed[key] -= 1
+        if key[1] == "mlp" and macs + step_macs(key, taken[key] - 1) <= target_macs:
+            macs += step_macs(key, taken[key] - 1)
+            taken[key] -= 1
     return [
         LayerDims(
             b.num_heads,
-            b.qk_head_dim - removed[idx, "qk"],
-            b.v_head_dim - removed[idx, "v"],
-            b.intermediate_size - removed[idx, "mlp"],
+            levels[idx, "qk"][taken[idx, "qk"]],
+            levels[idx, "v"][taken[idx, "v"]],
+            levels[idx, "mlp"][taken[idx, "mlp"]],
         )
         for idx, b in enumerate(base_dims)
     ]

@@ -198,6 +198,46 @@ def _run(args) -> int:
     return 0 if reloaded_ok else 1
 
 
+def run_export_onnx(args) -> int:
+    """`optimum-cli snp export onnx`: exports, prints what was written; 2 with a one-line message for bad input."""
+    from .exporters.onnx import export_onnx
+
+    try:
+        result = export_onnx(
+            args.model,
+            args.output,
+            opset=args.opset,
+            attn_implementation=args.attn_implementation,
+            validate=not args.no_validate,
+            atol=args.atol,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.max_abs_diff is None:
+        check = "not validated (--no-validate)"
+    else:
+        check = (
+            f"max abs diff {result.max_abs_diff:.2e} <= atol {result.atol:g} "
+            f"(batch sizes {', '.join(map(str, result.validated_batch_sizes))})"
+        )
+    rows = [
+        ("model", args.model),
+        ("ONNX model", result.path),
+        ("opset", result.opset),
+        ("attention", result.attn_implementation),
+        ("inputs", ", ".join(result.input_names) + " (dynamic batch axis)"),
+        ("outputs", ", ".join(result.output_names)),
+        ("onnxruntime vs PyTorch", check),
+        ("files", ", ".join(result.files)),
+    ]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from optimum.commands.register.register_snp import add_prune_arguments
 

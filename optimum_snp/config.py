@@ -64,6 +64,13 @@ class SNPConfig:
         default="snp", metadata={"help": "'snp', 'magnitude', 'random', or a dict group -> criterion name."}
     )
     qk_rank: int = field(default=4, metadata={"help": "Singular triplets used by the 'svd' query/key criteria."})
+    round_to: int = field(
+        default=1,
+        metadata={
+            "help": "Kept query/key and value dims per head and MLP units are multiples of this (Torch-Pruning's "
+            "round_to); 8 suits CPU attention kernels, see the README's latency section."
+        },
+    )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
     )
@@ -99,6 +106,8 @@ class SNPConfig:
         self.criterion_per_group()  # validates
         if not isinstance(self.qk_rank, int) or self.qk_rank < 1:
             raise ValueError(f"`qk_rank` must be an int >= 1, got {self.qk_rank!r}.")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"`round_to` must be an int >= 1 (1: no rounding), got {self.round_to!r}.")
         if not 0.0 < self.max_allocated_ratio < 1.0:
             raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
         for name in ("num_calibration_samples", "batch_size"):

@@ -16,7 +16,7 @@ from torch import nn
 
 from .accounting import architecture_of, model_size_of
 from .adapters import get_adapter
-from .allocation import allocate_dims
+from .allocation import allocate_dims, round_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import calibration_batches, resolve_image_processor
 from .config import SNPConfig
@@ -130,7 +130,8 @@ class SNPPruner:
         adapter = get_adapter(self.model)
         layer_dims = adapter.layer_dims()
         if not config.has_target:
-            return ratios.kept_dims(adapter.hidden_size, layer_dims)
+            kept_hidden, dims = ratios.kept_dims(adapter.hidden_size, layer_dims)
+            return kept_hidden, round_dims(dims, layer_dims, config.round_to)
         # heads and hidden channels from their ratios, the rest allocated to reach the target
         kept_hidden, base_dims = PruningRatios(
             qk=[0.0] * len(layer_dims),
@@ -149,6 +150,7 @@ class SNPPruner:
             base_dims,
             target,
             max_ratio=config.max_allocated_ratio,
+            round_to=config.round_to,
         )
         return kept_hidden, dims
 

@@ -92,6 +92,28 @@ def test_target_macs_ratio_within_two_percent(data, keep):
         assert len({len(q) for q in layer.qk}) == 1 and len({len(v) for v in layer.v}) == 1
 
 
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_keeps_multiples_in_allocation_and_ratios(data, round_to):
+    model = tiny_model("deit", hidden_size=64, num_attention_heads=4, intermediate_size=128, image_size=48)
+    original = model_size_of(model).macs
+    for config in (
+        fast(target_macs_ratio=0.5, round_to=round_to),
+        fast(qk_ratio=[0.3, 0.55, 0.8], v_ratio=0.4, mlp_ratio=0.33, round_to=round_to),
+    ):
+        pruned = SNPPruner(model).prune(config, calibration_dataset=data, show_progress=False)
+        c = pruned.config
+        for dim in [*c.qk_head_dims, *c.v_head_dims, *c.intermediate_sizes]:
+            assert dim % round_to == 0, (config, c.qk_head_dims, c.v_head_dims, c.intermediate_sizes)
+        assert c.qk_head_dims != [16, 16, 16] and c.intermediate_sizes != [128, 128, 128]  # something was pruned
+        if config.has_target:
+            assert 0.5 * 0.95 <= model_size_of(pruned).macs / original <= 0.5
+    # round_to=1 keeps the unrounded dims
+    assert (
+        SNPPruner(model).prune(fast(qk_ratio=0.3), calibration_dataset=data, show_progress=False).config.qk_head_dims
+        == [11] * 3
+    )
+
+
 def test_absolute_target_macs(data):
     model = tiny_model("vit")
     target = 0.6 * model_size_of(model).macs
@@ -166,6 +188,7 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
         (dict(target_macs_ratio=0.5, qk_ratio=0.3), "allocated automatically"),
         (dict(num_calibration_samples=0), "`num_calibration_samples` must be an int >= 1"),
+        (dict(round_to=0), "`round_to` must be an int >= 1"),
     ],
 )
 def test_invalid_config(kwargs, message):

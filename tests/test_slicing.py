@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from optimum_snp import PruningPlan, apply_plan, get_adapter
+from optimum_snp import PruningPlan, PruningRatios, apply_plan, build_plan, get_adapter
 from optimum_snp.models import SNPDeiTForImageClassificationWithTeacher, SNPViTForImageClassification
 
 from .conftest import logits_of, masked_reference, pixel_values, random_plan, tiny_model
@@ -142,3 +142,22 @@ def test_unsorted_plan_is_normalized():
         lp.heads.reverse(), lp.qk.reverse(), lp.v.reverse(), lp.mlp.reverse()
     x = pixel_values()
     assert torch.equal(logits_of(apply_plan(model, shuffled), x), logits_of(apply_plan(model, plan), x))
+
+
+def test_sdpa_pads_split_head_dims_exactly():
+    """CPU SDPA zero-pads the narrower of q/k and v to reach the fused kernel: exact in both directions."""
+    model = tiny_model("vit", seed=7)
+    zeros = [0.0] * 3
+    # layer 0: qk < v, layer 1: qk > v, layer 2: equal
+    ratios = PruningRatios(qk=[0.5, 0.0, 0.25], v=[0.0, 0.75, 0.25], mlp=zeros, heads=zeros, hidden=0.0)
+    pruned = apply_plan(model, build_plan(model, ratios))
+    dims = get_adapter(pruned).layer_dims()
+    assert dims[0].qk_head_dim < dims[0].v_head_dim and dims[1].qk_head_dim > dims[1].v_head_dim
+    x = pixel_values()
+    pruned.set_attn_implementation("eager")
+    eager = logits_of(pruned, x)
+    pruned.set_attn_implementation("sdpa")
+    assert (logits_of(pruned, x) - eager).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        masked = logits_of(masked_reference(model, build_plan(model, ratios)), x)
+    assert (eager - masked).abs().max().item() <= 1e-5

@@ -71,6 +71,16 @@ class SNPAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        pad = self.head_dim - self.v_head_dim
+        if pad and self.config._attn_implementation == "sdpa" and hidden_states.device.type == "cpu":
+            # PyTorch's fused CPU SDPA kernel needs equal query/key and value head dims; otherwise SDPA takes a path
+            # 3-6x slower (benchmarks/deit_latency.py). Zero-padding the narrower side is exact: zero query/key
+            # columns add nothing to the scores, zero value columns give zero outputs, which are cut off below.
+            if pad > 0:
+                value_states = nn.functional.pad(value_states, (0, pad))
+            else:
+                query_states = nn.functional.pad(query_states, (0, -pad))
+                key_states = nn.functional.pad(key_states, (0, -pad))
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -81,6 +91,8 @@ class SNPAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
+        if attn_output.shape[-1] != self.v_head_dim:  # padded above: (batch, tokens, heads, padded dim)
+            attn_output = attn_output[..., : self.v_head_dim]
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 

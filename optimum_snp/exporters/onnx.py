@@ -1,0 +1,423 @@
+"""ONNX export of SNP-pruned (and stock) ViT / DeiT models, validated with onnxruntime.
+
+    >>> from optimum_snp.exporters import export_onnx
+    >>> result = export_onnx("snp-output", "snp-onnx")  # a folder saved by SNPPruner, or a model instance
+    >>> result.path, result.max_abs_diff
+    ('snp-onnx/model.onnx', 1.9e-06)
+
+The model goes through PyTorch's `torch.export`-based exporter (`torch.onnx.export(..., dynamo=True)`, the default
+since PyTorch 2.9; the TorchScript exporter is deprecated) with a dynamic batch axis. Attention is exported as eager
+attention by default: plain MatMul/Softmax nodes that every ONNX runtime runs, including the per-layer head counts
+and the value head dim that differs from the query/key head dim of pruned layers. `attn_implementation="sdpa"` with
+`opset >= 23` emits the ONNX `Attention` operator instead (onnxruntime >= 1.23 on CPU); it measured no faster on
+CPU. The output folder is written atomically (temporary folder, then rename) and only after onnxruntime reproduced
+the PyTorch outputs within `atol`.
+
+Command line: `optimum-cli snp export onnx --model DIR --output DIR`, or `python -m optimum_snp.exporters.onnx`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+ONNX_NAME = "model.onnx"
+DEFAULT_OPSET = 20  # the first opset with a Gelu operator (onnxruntime fuses it with its bias)
+MIN_OPSET = 18  # the lowest opset the torch.export-based exporter implements without a lossy version conversion
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+EXPORT_BATCH_SIZE = 2  # the example batch of the export; validation uses other sizes to prove the axis is dynamic
+# files copied from a source folder so that the ONNX folder describes itself (labels, preprocessing, pruning)
+SIDE_FILES = ("config.json", "preprocessor_config.json", "snp_config.json")
+# graphs above protobuf's 2 GB limit keep their weights in `model.onnx.data`
+EXTERNAL_DATA_BYTES = 1_800_000_000
+INSTALL_HINT = "pip install 'optimum-snp[onnx]' (or: pip install onnx onnxscript onnxruntime)"
+
+
+class OnnxValidationError(ValueError):
+    """onnxruntime's outputs differ from PyTorch's by more than `atol`; nothing was written."""
+
+
+@dataclass
+class OnnxExportResult:
+    """What `export_onnx` wrote and how well onnxruntime reproduced PyTorch."""
+
+    path: str
+    output_dir: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    attn_implementation: str
+    max_abs_diff: float | None  # None when not validated
+    atol: float
+    validated_batch_sizes: tuple[int, ...] = ()
+    max_abs_diff_per_output: dict[str, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _ExportWrapper(nn.Module):
+    """`pixel_values` -> a tuple of the named output tensors (ModelOutput dataclasses are not ONNX outputs)."""
+
+    def __init__(self, model: nn.Module, output_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.output_names = output_names
+        self.train(model.training)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(pixel_values=pixel_values, return_dict=True)
+        return tuple(outputs[name] for name in self.output_names)
+
+
+# ---- checks --------------------------------------------------------------------------------------------------
+def _import(name: str, purpose: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"{purpose} needs the `{name}` package, which is not installed: {INSTALL_HINT}.") from err
+
+
+def _check_options(opset, atol, attn_implementation, batch_sizes) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(
+            f"opset must be an integer >= {MIN_OPSET} (the torch.export-based exporter's lowest), got {opset!r}; "
+            f"the default is {DEFAULT_OPSET}."
+        )
+    if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
+        raise ValueError(f"atol must be a number >= 0, got {atol!r}.")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation must be one of {list(ATTN_IMPLEMENTATIONS)}, got {attn_implementation!r} "
+            "('eager': MatMul/Softmax nodes, runs everywhere; 'sdpa' with opset >= 23: the ONNX Attention operator)."
+        )
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}.")
+
+
+def _check_output_dir(output, overwrite: bool, source: str | None) -> str:
+    target = os.path.realpath(os.fspath(output))
+    if source is not None and os.path.isdir(source) and os.path.realpath(source) == target:
+        raise ValueError(
+            f"output {os.fspath(output)!r} is the folder the model is loaded from; choose another folder so the "
+            "PyTorch model is not overwritten."
+        )
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"output {os.fspath(output)!r} exists and is not a folder; choose a folder path.")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise ValueError(
+            f"output {os.fspath(output)!r} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or "
+            "choose an empty folder."
+        )
+    return target
+
+
+def _load_model(source: str) -> nn.Module:
+    # SNP checkpoints load too: importing this module ran optimum_snp/__init__, which registers them
+    from transformers import AutoModelForImageClassification
+
+    try:
+        return AutoModelForImageClassification.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"Could not load {source!r} with AutoModelForImageClassification: {err}\nPass a folder saved with "
+            "save_pretrained (a ViT/DeiT or SNP-pruned image classifier), a Hub id, or a model instance."
+        ) from err
+
+
+def output_names_of(model: nn.Module) -> list[str]:
+    """The ONNX outputs of a supported model class (ValueError for any other class)."""
+    from ..adapters import get_adapter, supported_model_classes
+
+    try:
+        get_adapter(model)
+    except ValueError:
+        raise ValueError(
+            f"ONNX export supports ViT/DeiT and SNP-pruned models, not {type(model).__name__} "
+            f"(model_type={getattr(getattr(model, 'config', None), 'model_type', None)!r}). Supported classes: "
+            f"{', '.join(supported_model_classes())}."
+        ) from None
+    name = type(model).__name__
+    if name.endswith("ForImageClassificationWithTeacher"):
+        return ["logits", "cls_logits", "distillation_logits"]
+    if name.endswith("ForImageClassification"):
+        return ["logits"]
+    return ["last_hidden_state"] + (["pooler_output"] if getattr(model, "pooler", None) is not None else [])
+
+
+def _input_shape(config, batch_size: int) -> tuple[int, int, int, int]:
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (batch_size, config.num_channels, height, width)
+
+
+def _random_pixels(config, batch_size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(_input_shape(config, batch_size), generator=generator)
+
+
+class _ExportMode:
+    """eval(), the requested attention implementation and no grad while exporting; restores the model afterwards."""
+
+    def __init__(self, model: nn.Module, attn_implementation: str):
+        self.model = model
+        self.attn_implementation = attn_implementation
+
+    def __enter__(self):
+        self.training = self.model.training
+        self.previous_attn = getattr(self.model.config, "_attn_implementation", None)
+        self.model.eval()
+        if self.previous_attn != self.attn_implementation:
+            self.model.set_attn_implementation(self.attn_implementation)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous_attn is not None and self.previous_attn != self.attn_implementation:
+            self.model.set_attn_implementation(self.previous_attn)
+        self.model.train(self.training)
+
+
+# ---- export and validation -----------------------------------------------------------------------------------
+def _torch_export(model: nn.Module, path: str, output_names: list[str], opset: int) -> None:
+    """Writes `model` (an `_ExportWrapper`) to `path` with a dynamic batch axis."""
+    config = model.model.config
+    example = _random_pixels(config, EXPORT_BATCH_SIZE, seed=0)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    # torch.onnx logs that it skips torchvision's operators when torchvision is not installed: not our concern
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # internal deprecation notices of torch.export / pytree, not actionable by the user
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                path,
+                input_names=["pixel_values"],
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}},
+                external_data=size > EXTERNAL_DATA_BYTES,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        registry_logger.setLevel(level)
+
+
+def onnx_session(path: str | os.PathLike, num_threads: int | None = None, providers: list[str] | None = None):
+    """An onnxruntime `InferenceSession` of `path` (a `.onnx` file or a folder holding `model.onnx`), on the CPU
+    unless `providers` says otherwise; `num_threads` sets the intra-op threads (default: onnxruntime's)."""
+    ort = _import("onnxruntime", "Running an ONNX model")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, ONNX_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(f"No ONNX model at {path!r}; export one with export_onnx (optimum-cli snp export onnx).")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: onnxruntime warns about benign graph details
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    try:
+        return ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types (e.g. for an opset it does not implement)
+        raise ValueError(
+            f"onnxruntime {ort.__version__} could not load {path!r}: {err}\nIf it names an opset or operator, "
+            f"export with a lower opset (default {DEFAULT_OPSET})."
+        ) from err
+
+
+def run_onnx(session, pixel_values) -> dict:
+    """{output name: numpy array} of an onnxruntime session on `pixel_values` (a tensor or a float32 array)."""
+    if isinstance(pixel_values, torch.Tensor):
+        pixel_values = pixel_values.detach().cpu().numpy()
+    outputs = session.run(None, {session.get_inputs()[0].name: pixel_values})
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
+
+
+def validate_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    atol: float = 1e-4,
+    attn_implementation: str | None = None,
+    seed: int = 1,
+) -> dict[str, float]:
+    """Runs the ONNX model at `path` and `model` on the same random inputs, one batch per size in `batch_sizes`.
+
+    Returns the max abs difference per output; raises `OnnxValidationError` when one exceeds `atol`.
+    `attn_implementation` (default: the model's own) is used for the PyTorch reference.
+    """
+    output_names = output_names_of(model)
+    session = onnx_session(path)
+    missing = [name for name in output_names if name not in {o.name for o in session.get_outputs()}]
+    if missing:
+        raise OnnxValidationError(f"The ONNX model at {os.fspath(path)!r} has no output(s) {missing}.")
+    wrapper = _ExportWrapper(model, output_names)
+    diffs = dict.fromkeys(output_names, 0.0)
+    with _ExportMode(model, attn_implementation or model.config._attn_implementation), torch.no_grad():
+        for i, batch_size in enumerate(batch_sizes):
+            pixels = _random_pixels(model.config, batch_size, seed=seed + i)
+            expected = wrapper(pixels)
+            got = run_onnx(session, pixels)
+            for name, reference in zip(output_names, expected, strict=True):
+                if got[name].shape != tuple(reference.shape):
+                    raise OnnxValidationError(
+                        f"ONNX output {name!r} has shape {got[name].shape} at batch size {batch_size}, PyTorch "
+                        f"{tuple(reference.shape)}."
+                    )
+                diff = float((torch.from_numpy(got[name]) - reference).abs().max())
+                diffs[name] = max(diffs[name], diff if diff == diff else float("inf"))  # NaN counts as a failure
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > atol:
+        raise OnnxValidationError(
+            f"onnxruntime and PyTorch differ by up to {diffs[worst]:.3g} in {worst!r} (batch sizes {list(batch_sizes)}), "
+            f"above atol={atol:g}; nothing was written. Pass a larger atol (CLI: --atol) if that is acceptable, or "
+            "try the other attn_implementation."
+        )
+    return diffs
+
+
+def _copy_side_files(tmp: str, model: nn.Module, source: str | None, image_processor) -> None:
+    if source is not None and os.path.isdir(source):
+        for name in SIDE_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copy2(os.path.join(source, name), os.path.join(tmp, name))
+    if not os.path.isfile(os.path.join(tmp, "config.json")):
+        model.config.to_json_file(os.path.join(tmp, "config.json"))  # not save_pretrained: no modeling code here
+    if image_processor is not None:
+        image_processor.save_pretrained(tmp)
+    elif source is not None and not os.path.isdir(source):  # a Hub id: its processor when it has one
+        from ..calibration import resolve_image_processor
+
+        resolve_image_processor(source, model.config).save_pretrained(tmp)
+
+
+def export_onnx(
+    model_or_path: nn.Module | str | os.PathLike,
+    output: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    attn_implementation: str = "eager",
+    validate: bool = True,
+    atol: float = 1e-4,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    overwrite: bool = False,
+    image_processor=None,
+) -> OnnxExportResult:
+    """Exports a ViT/DeiT (stock or SNP-pruned) image classifier to `output/model.onnx`.
+
+    Args:
+        model_or_path: a model instance, or a folder / Hub id loaded with `AutoModelForImageClassification`
+            (after `import optimum_snp`, so pruned checkpoints load too).
+        output: the folder to write: `model.onnx`, plus `config.json` and, from a source folder,
+            `preprocessor_config.json` and `snp_config.json`, so that the folder describes itself.
+        opset: ONNX opset (>= 18).
+        attn_implementation: 'eager' (default; MatMul/Softmax nodes) or 'sdpa' (the ONNX Attention operator
+            from opset 23 on). The model's own setting is restored afterwards.
+        validate: run the ONNX model with onnxruntime at every size of `batch_sizes` (which differ from the export
+            batch of 2, so the dynamic batch axis is checked too) and compare with PyTorch.
+        atol: largest accepted absolute difference of any output; above it `OnnxValidationError` is raised.
+        overwrite: replace a non-empty `output` folder.
+        image_processor: saved next to the model (default: the source folder's `preprocessor_config.json`).
+
+    Returns an `OnnxExportResult`. On any error nothing is left in `output`.
+    """
+    _check_options(opset, atol, attn_implementation, batch_sizes)
+    if isinstance(model_or_path, nn.Module):
+        source = None
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        source = os.fspath(model_or_path)
+    else:
+        raise ValueError(
+            f"model_or_path must be a model instance, a folder or a Hub id, got {type(model_or_path).__name__}."
+        )
+    target = _check_output_dir(output, overwrite, source)
+    _import("onnxscript", "ONNX export")  # torch.onnx's exporter imports both lazily; fail before any work
+    _import("onnx", "ONNX export")
+    if validate:
+        _import("onnxruntime", "Validating the ONNX export (validate=True)")
+    model = model_or_path if source is None else _load_model(source)
+    output_names = output_names_of(model)
+    parameter = next(model.parameters(), None)
+    if parameter is not None and (parameter.dtype != torch.float32 or parameter.device.type != "cpu"):
+        raise ValueError(
+            f"The model is {parameter.dtype} on {parameter.device}; export a float32 CPU model (model.float().cpu())."
+        )
+
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".snp-onnx-tmp-", dir=parent)
+    try:
+        path = os.path.join(tmp, ONNX_NAME)
+        with _ExportMode(model, attn_implementation):
+            _torch_export(_ExportWrapper(model, output_names), path, output_names, opset)
+        diffs = (
+            validate_onnx(path, model, batch_sizes, atol, attn_implementation=attn_implementation) if validate else {}
+        )
+        _copy_side_files(tmp, model, source, image_processor)
+        files = sorted(os.listdir(tmp))
+        if os.path.isdir(target):
+            trash = tempfile.mkdtemp(prefix=".snp-onnx-old-", dir=parent)
+            os.replace(target, os.path.join(trash, "old"))
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return OnnxExportResult(
+        path=os.path.join(target, ONNX_NAME),
+        output_dir=target,
+        opset=opset,
+        input_names=["pixel_values"],
+        output_names=output_names,
+        attn_implementation=attn_implementation,
+        max_abs_diff=max(diffs.values()) if diffs else None,
+        atol=atol,
+        validated_batch_sizes=tuple(batch_sizes) if validate else (),
+        max_abs_diff_per_output=diffs,
+        files=files,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m optimum_snp.exporters.onnx --model DIR --output DIR`: the same as `optimum-cli snp export onnx`."""
+    import argparse
+
+    from optimum.commands.register.register_snp import add_export_onnx_arguments
+
+    from ..cli import run_export_onnx
+
+    parser = argparse.ArgumentParser(prog="python -m optimum_snp.exporters.onnx", description=__doc__.split("\n")[0])
+    add_export_onnx_arguments(parser)
+    return run_export_onnx(parser.parse_args(argv))
+
+
+__all__ = [
+    "OnnxExportResult",
+    "OnnxValidationError",
+    "export_onnx",
+    "onnx_session",
+    "output_names_of",
+    "run_onnx",
+    "validate_onnx",
+]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
