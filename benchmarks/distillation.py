@@ -30,17 +30,28 @@ def main(argv=None) -> int:
     def top1(model):
         return evaluate_accuracy(model, digits["test"], pruner.image_processor, show_progress=False)["top1"]
 
-    pruned = pruner.prune(SNPConfig(target_macs_ratio=args.keep), calibration_dataset=digits["train"],
-                          show_progress=False)
+    pruned = pruner.prune(
+        SNPConfig(target_macs_ratio=args.keep), calibration_dataset=digits["train"], show_progress=False
+    )
     original, zero_shot = top1(pruner.model), top1(pruned)
-    print(f"digits ViT: original top-1 {original:.2%}; pruned to {pruner.report['macs']['ratio']:.1%} of the MACs: "
-          f"{zero_shot:.2%} before fine-tuning; {args.epochs:g} epochs, lr {args.learning_rate}, batch 32\n")
+    print(
+        f"digits ViT: original top-1 {original:.2%}; pruned to {pruner.report['macs']['ratio']:.1%} of the MACs: "
+        f"{zero_shot:.2%} before fine-tuning; {args.epochs:g} epochs, lr {args.learning_rate}, batch 32\n"
+    )
     print("| distillation | top-1 after fine-tuning | vs original | wall time (s) |")
     print("|---|---|---|---|")
     for kind in ("soft", "hard", "none"):
         student = copy.deepcopy(pruned)
-        result = finetune(student, pruner.model, digits["train"], pruner.image_processor, epochs=args.epochs,
-                          learning_rate=args.learning_rate, distillation_type=kind, show_progress=False)
+        result = finetune(
+            student,
+            pruner.model,
+            digits["train"],
+            pruner.image_processor,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            distillation_type=kind,
+            show_progress=False,
+        )
         acc = top1(student)
         print(f"| {kind} | {acc:.2%} | {100 * (acc - original):+.2f} pt | {result['seconds']} |", flush=True)
     return 0

@@ -35,6 +35,7 @@ def config_from_args(args):
     common = dict(
         criterion=parse_criterion(args.criterion),
         qk_rank=args.qk_rank,
+        round_to=args.round_to,
         num_calibration_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,

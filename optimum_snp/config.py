@@ -67,8 +67,8 @@ class SNPConfig:
     round_to: int = field(
         default=1,
         metadata={
-            "help": "Kept query/key and value dims per head and MLP units are multiples of this (Torch-Pruning's "
-            "round_to); 8 suits CPU attention kernels, see the README's latency section."
+            "help": "Kept query/key and value dims per head, MLP units and hidden channels are multiples of this "
+            "(Torch-Pruning's round_to); see the README's latency section for what 8 and 16 buy."
         },
     )
     max_allocated_ratio: float = field(

@@ -16,7 +16,7 @@ from torch import nn
 
 from .accounting import architecture_of, model_size_of
 from .adapters import get_adapter
-from .allocation import allocate_dims, round_dims
+from .allocation import allocate_dims, round_dims, round_kept
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import calibration_batches, resolve_image_processor
 from .config import SNPConfig
@@ -131,6 +131,7 @@ class SNPPruner:
         layer_dims = adapter.layer_dims()
         if not config.has_target:
             kept_hidden, dims = ratios.kept_dims(adapter.hidden_size, layer_dims)
+            kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
             return kept_hidden, round_dims(dims, layer_dims, config.round_to)
         # heads and hidden channels from their ratios, the rest allocated to reach the target
         kept_hidden, base_dims = PruningRatios(
@@ -140,6 +141,7 @@ class SNPPruner:
             heads=ratios.heads,
             hidden=ratios.hidden,
         ).kept_dims(adapter.hidden_size, layer_dims)
+        kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
         original = model_size_of(self.model).macs
         target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
         dims = allocate_dims(

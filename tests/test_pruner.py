@@ -98,11 +98,11 @@ def test_round_to_keeps_multiples_in_allocation_and_ratios(data, round_to):
     original = model_size_of(model).macs
     for config in (
         fast(target_macs_ratio=0.5, round_to=round_to),
-        fast(qk_ratio=[0.3, 0.55, 0.8], v_ratio=0.4, mlp_ratio=0.33, round_to=round_to),
+        fast(qk_ratio=[0.3, 0.55, 0.8], v_ratio=0.4, mlp_ratio=0.33, hidden_ratio=0.3, round_to=round_to),
     ):
         pruned = SNPPruner(model).prune(config, calibration_dataset=data, show_progress=False)
         c = pruned.config
-        for dim in [*c.qk_head_dims, *c.v_head_dims, *c.intermediate_sizes]:
+        for dim in [*c.qk_head_dims, *c.v_head_dims, *c.intermediate_sizes, c.hidden_size]:
             assert dim % round_to == 0, (config, c.qk_head_dims, c.v_head_dims, c.intermediate_sizes)
         assert c.qk_head_dims != [16, 16, 16] and c.intermediate_sizes != [128, 128, 128]  # something was pruned
         if config.has_target:

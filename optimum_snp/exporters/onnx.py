@@ -2,15 +2,15 @@
 
     >>> from optimum_snp.exporters import export_onnx
     >>> result = export_onnx("snp-output", "snp-onnx")  # a folder saved by SNPPruner, or a model instance
-    >>> result.path, result.max_abs_diff
-    ('snp-onnx/model.onnx', 1.9e-06)
+    >>> result.path, result.output_names, result.max_abs_diff  # ('/.../snp-onnx/model.onnx', ['logits'], 1.9e-06)
 
 The model goes through PyTorch's `torch.export`-based exporter (`torch.onnx.export(..., dynamo=True)`, the default
 since PyTorch 2.9; the TorchScript exporter is deprecated) with a dynamic batch axis. Attention is exported as eager
 attention by default: plain MatMul/Softmax nodes that every ONNX runtime runs, including the per-layer head counts
 and the value head dim that differs from the query/key head dim of pruned layers. `attn_implementation="sdpa"` with
 `opset >= 23` emits the ONNX `Attention` operator instead (onnxruntime >= 1.23 on CPU); it measured no faster on
-CPU. The output folder is written atomically (temporary folder, then rename) and only after onnxruntime reproduced
+CPU, and under SDPA on CPU an SNP model zero-pads the narrower of its q/k and v dims (a PyTorch kernel workaround)
+that the graph would then carry. The output folder is written atomically (temporary folder, then rename) and only after onnxruntime reproduced
 the PyTorch outputs within `atol`.
 
 Command line: `optimum-cli snp export onnx --model DIR --output DIR`, or `python -m optimum_snp.exporters.onnx`.
@@ -130,7 +130,7 @@ def _load_model(source: str) -> nn.Module:
         return AutoModelForImageClassification.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"Could not load {source!r} with AutoModelForImageClassification: {err}\nPass a folder saved with "
+            f"Could not load {source!r} with AutoModelForImageClassification: {err} Pass a folder saved with "
             "save_pretrained (a ViT/DeiT or SNP-pruned image classifier), a Hub id, or a model instance."
         ) from err
 
@@ -236,7 +236,7 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None, provid
         return ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's own exception types (e.g. for an opset it does not implement)
         raise ValueError(
-            f"onnxruntime {ort.__version__} could not load {path!r}: {err}\nIf it names an opset or operator, "
+            f"onnxruntime {ort.__version__} could not load {path!r}: {err} If it names an opset or operator, "
             f"export with a lower opset (default {DEFAULT_OPSET})."
         ) from err
 

@@ -1,4 +1,5 @@
-"""Registers `optimum-cli snp prune` (this folder is a PEP 420 namespace: no __init__.py).
+"""Registers `optimum-cli snp prune` and `optimum-cli snp export onnx` (this folder is a PEP 420 namespace: no
+__init__.py).
 
 Kept light: the heavy imports (torch, transformers, optimum_snp) happen inside `run()`.
 """
@@ -57,6 +58,12 @@ def add_prune_arguments(parser) -> None:
         default="snp",
         help="'snp', 'magnitude', 'random', or per group, e.g. 'qk=svd,v=redundancy,mlp=magnitude'.",
     )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="Keep q/k and v dims per head, MLP units and hidden channels at multiples of this (e.g. 8). Default: 1.",
+    )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
     tune = parser.add_argument_group("fine-tuning with distillation from the source model (teacher)")
@@ -80,6 +87,33 @@ def add_prune_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
+def add_export_onnx_arguments(parser) -> None:
+    """Options of `optimum-cli snp export onnx` and `python -m optimum_snp.exporters.onnx`."""
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="Folder saved by `optimum-cli snp prune` / save_pretrained (SNP-pruned or stock ViT/DeiT), or a Hub id.",
+    )
+    parser.add_argument("--output", "-o", required=True, help="Folder to write model.onnx (and the configs) into.")
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 18). Default: 20.")
+    parser.add_argument(
+        "--attn-implementation",
+        default="eager",
+        choices=["eager", "sdpa"],
+        help="Attention as MatMul/Softmax nodes ('eager', default) or, with --opset 23 or more, the ONNX Attention "
+        "operator ('sdpa').",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="Largest accepted abs difference between onnxruntime and PyTorch outputs. Default: 1e-4.",
+    )
+    parser.add_argument("--no-validate", action="store_true", help="Skip the onnxruntime check.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output folder.")
+
+
 class SNPPruneCommand(BaseOptimumCLICommand):
     @staticmethod
     def parse_args(parser) -> None:
@@ -93,6 +127,31 @@ class SNPPruneCommand(BaseOptimumCLICommand):
             raise SystemExit(status)
 
 
+class SNPExportOnnxCommand(BaseOptimumCLICommand):
+    @staticmethod
+    def parse_args(parser) -> None:
+        add_export_onnx_arguments(parser)
+
+    def run(self):
+        from optimum_snp.cli import run_export_onnx
+
+        status = run_export_onnx(self.args)
+        if status:
+            raise SystemExit(status)
+
+
+class SNPExportCommand(BaseOptimumCLICommand):
+    """`optimum-cli snp export`: a group; `onnx` is its only format so far."""
+
+    SUBCOMMANDS = (
+        CommandInfo(
+            name="onnx",
+            help="Export an SNP-pruned (or stock) ViT/DeiT to ONNX, validated with onnxruntime.",
+            subcommand_class=SNPExportOnnxCommand,
+        ),
+    )
+
+
 class SNPCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(name="snp", help="SNP structured pruning of ViT/DeiT models.")
     SUBCOMMANDS = (
@@ -100,6 +159,11 @@ class SNPCommand(BaseOptimumCLICommand):
             name="prune",
             help="Prune a ViT/DeiT with SNP (calibrate, score, allocate, slice, save).",
             subcommand_class=SNPPruneCommand,
+        ),
+        CommandInfo(
+            name="export",
+            help="Export a pruned model to another format (onnx).",
+            subcommand_class=SNPExportCommand,
         ),
     )
 
