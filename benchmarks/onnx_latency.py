@@ -28,10 +28,10 @@ TABLES = {"tiny": "DeiT_t", "small": "DeiT_s", "base": "DeiT_b"}
 SIZE_OF_TABLE = {"DeiT_t": "tiny", "DeiT_s": "small", "DeiT_s_small": "small", "DeiT_b": "base"}
 
 
-def _prune(model, table: str):
+def _prune(model, table: str, round_to: int = 1):
     from optimum_snp import SNPConfig, SNPPruner
 
-    config = SNPConfig.from_ratio_table(table, criterion="magnitude")
+    config = SNPConfig.from_ratio_table(table, criterion="magnitude", round_to=round_to)
     return SNPPruner(model).prune(config, show_progress=False).eval()
 
 
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="threads of both runtimes (default: torch's)")
     parser.add_argument("--opset", type=int, default=20)
+    parser.add_argument("--round-to", type=int, default=1, help="SNPConfig.round_to of the pruned models")
     parser.add_argument(
         "--onnx-attention", default="eager", choices=["eager", "sdpa"], help="attn_implementation of the export"
     )
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
                 result = export_onnx(original, path, opset=args.opset, overwrite=True)
                 originals[size] = (original, onnx_session(path, num_threads=threads), result)
             original, original_session, original_result = originals[size]
-            pruned = _prune(original, table)
+            pruned = _prune(original, table, args.round_to)
             path = os.path.join(root, f"deit-{size}-{table}")
             result = export_onnx(
                 pruned, path, opset=args.opset, attn_implementation=args.onnx_attention, overwrite=True
@@ -119,7 +120,15 @@ def main(argv=None) -> int:
             gmacs = f"{model_size_of(original).gmacs:.2f} -> {model_size_of(pruned).gmacs:.2f}"
             for batch in args.batch_sizes:
                 ms = measure((original, pruned), (original_session, pruned_session), batch, args.runs, args.warmup)
-                rows.append(dict(size=size, table=table, batch=batch, gmacs=gmacs, ms=ms))
+                rows.append(
+                    dict(
+                        size=size,
+                        table=table + (f" round_to={args.round_to}" if args.round_to > 1 else ""),
+                        batch=batch,
+                        gmacs=gmacs,
+                        ms=ms,
+                    )
+                )
                 print(f"  measured {table} batch {batch} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
     print("| DeiT | table | GMACs | batch | PyTorch ms | PyTorch speed-up | onnxruntime ms | onnxruntime speed-up |")
