@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 
 from torch import nn
@@ -24,6 +22,7 @@ from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
 from .scoring.snp import snp_scores
 from .slicing import apply_plan
+from .utils import atomic_directory
 from .version import __version__
 
 
@@ -216,21 +215,8 @@ class SNPPruner:
         if results:
             record_results(pruned, results)
         target = os.path.realpath(os.fspath(save_dir))
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".snp-tmp-", dir=parent)
-        try:
+        with atomic_directory(target) as tmp:
             pruned.save_pretrained(tmp)
-            if os.path.isdir(target):
-                trash = tempfile.mkdtemp(prefix=".snp-old-", dir=parent)
-                os.replace(target, os.path.join(trash, "old"))
-                os.replace(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         logger.info("Saved the pruned model to %s", target)
         return target
 

@@ -22,12 +22,13 @@ import importlib
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from ..utils import atomic_directory
 
 
 ONNX_NAME = "model.onnx"
@@ -358,10 +359,7 @@ def export_onnx(
             f"The model is {parameter.dtype} on {parameter.device}; export a float32 CPU model (model.float().cpu())."
         )
 
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".snp-onnx-tmp-", dir=parent)
-    try:
+    with atomic_directory(target, prefix=".snp-onnx-tmp-") as tmp:
         path = os.path.join(tmp, ONNX_NAME)
         with _ExportMode(model, attn_implementation):
             _torch_export(_ExportWrapper(model, output_names), path, output_names, opset)
@@ -370,16 +368,6 @@ def export_onnx(
         )
         _copy_side_files(tmp, model, source, image_processor)
         files = sorted(os.listdir(tmp))
-        if os.path.isdir(target):
-            trash = tempfile.mkdtemp(prefix=".snp-onnx-old-", dir=parent)
-            os.replace(target, os.path.join(trash, "old"))
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return OnnxExportResult(
         path=os.path.join(target, ONNX_NAME),
         output_dir=target,
