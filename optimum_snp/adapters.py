@@ -129,6 +129,15 @@ class ViTAdapter:
             "fc2": mlp.fc2,
         }
 
+    def reconstruction_targets(self) -> list[tuple[str, str]]:
+        """(module key, group) of every projection that reads a pruned group of a layer and writes the residual
+        stream, in forward order: the modules `reconstruction.reconstruct` refits."""
+        return [("o_proj", "v"), ("fc2", "mlp")]
+
+    def model_inputs(self, batch) -> dict:
+        """Keyword arguments of the model's forward for one calibration batch."""
+        return dict(batch) if isinstance(batch, dict) else {"pixel_values": batch}
+
     def classifier_modules(self) -> list[nn.Linear]:
         return [getattr(self.model, name) for name in self.classifier_names.get(self.class_name, ())]
 

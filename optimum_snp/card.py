@@ -26,7 +26,12 @@ PLOT_NAME = "pruning_profile.png"
 RESULTS_KEY = "snp_results"  # card metadata key holding the accuracies, read back on the next update
 DATASET_KEY = "dataset"
 # result stages in table order, with their labels; other keys are shown after these, under their own name
-STAGES = {"original": "Original model", "pruned": "After SNP pruning", "fine-tuned": "After fine-tuning"}
+STAGES = {
+    "original": "Original model",
+    "pruned, no reconstruction": "After SNP pruning, before reconstruction",
+    "pruned": "After SNP pruning",
+    "fine-tuned": "After fine-tuning",
+}
 BASE_TAGS = ["snp", "pruning", "optimum-snp"]
 PAPER_URL = "https://arxiv.org/abs/2404.11630"
 CITATION = """\

@@ -36,6 +36,8 @@ def config_from_args(args):
         criterion=parse_criterion(args.criterion),
         qk_rank=args.qk_rank,
         round_to=args.round_to,
+        reconstruct=args.reconstruct,
+        ridge=args.ridge,
         num_calibration_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -83,6 +85,7 @@ def _run(args) -> int:
     from .finetune import finetune
     from .hub import push_pruned_model
     from .pruner import SNPPruner
+    from .slicing import apply_plan
 
     config = config_from_args(args)
     show = not args.no_progress
@@ -127,6 +130,8 @@ def _run(args) -> int:
         results["original"] = accuracy(pruner.model)
     pruned = pruner.prune(config, calibration_dataset=calibration, split=args.split, show_progress=show)
     if eval_data is not None:
+        if config.reconstruct != "none":  # the same plan, sliced again without the refit
+            results["pruned, no reconstruction"] = accuracy(apply_plan(pruner.model, pruner.plan))
         results["pruned"] = accuracy(pruned)
     tuning = None
     if epochs:
@@ -170,11 +175,16 @@ def _run(args) -> int:
     ]
     labels = {
         "original": "top-1 original",
-        "pruned": "top-1 pruned (no fine-tuning)",
+        "pruned, no reconstruction": "top-1 pruned, no reconstruction",
+        "pruned": f"top-1 pruned ({config.reconstruct} reconstruction, no fine-tuning)"
+        if config.reconstruct != "none"
+        else "top-1 pruned (no fine-tuning)",
         "fine-tuned": "top-1 fine-tuned",
     }
     rows += [(labels[stage], f"{value['top1']:.2%}") for stage, value in results.items()]
     rows.append(("prune() seconds", report["seconds"]["total"]))
+    if "reconstruction" in report["seconds"]:
+        rows.append(("of which reconstruction", report["seconds"]["reconstruction"]))
     if tuning is not None:
         rows.append(
             (

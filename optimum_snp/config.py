@@ -31,6 +31,20 @@ SNP_DEFAULTS = {
 }
 
 
+RECONSTRUCT_MODES = ("least_squares", "bias", "none")
+
+
+def check_reconstruct(mode: str, ridge: float) -> None:
+    """Validates the reconstruction options (`SNPConfig.reconstruct` / `ridge`)."""
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"Unknown `reconstruct` mode {mode!r}; choose one of {list(RECONSTRUCT_MODES)}.")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
+        raise ValueError(
+            f"`ridge` must be a number >= 0 (relative to the mean of diag(X^T X); 0 = plain least squares), "
+            f"got {ridge!r}."
+        )
+
+
 def _check_fraction(value, name: str, allow_list: bool = True) -> None:
     is_list = isinstance(value, (list, tuple)) and allow_list
     for i, v in enumerate(value if is_list else [value]):
@@ -74,6 +88,17 @@ class SNPConfig:
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
     )
+    reconstruct: str = field(
+        default="least_squares",
+        metadata={
+            "help": "Refit after the cut on the calibration images (reconstruction.py): 'least_squares' (o_proj and "
+            "fc2 of every layer, sequentially), 'bias' (removed units' mean folded into the bias) or 'none'."
+        },
+    )
+    ridge: float = field(
+        default=1e-3,
+        metadata={"help": "Ridge of the least-squares refit, relative to the mean of diag(X^T X); >= 0."},
+    )
     num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images."})
     batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the 'random' criterion."})
@@ -110,6 +135,7 @@ class SNPConfig:
             raise ValueError(f"`round_to` must be an int >= 1 (1: no rounding), got {self.round_to!r}.")
         if not 0.0 < self.max_allocated_ratio < 1.0:
             raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
+        check_reconstruct(self.reconstruct, self.ridge)
         for name in ("num_calibration_samples", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {getattr(self, name)!r}.")
@@ -124,6 +150,8 @@ class SNPConfig:
 
     @property
     def needs_calibration(self) -> bool:
+        if self.reconstruct != "none":
+            return True
         return any(c not in ("magnitude", "random") for c in self.criterion_per_group().values())
 
     def criterion_per_group(self) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """`SNPPruner`: the thin entry point. `from_pretrained(model)`, then `prune(config, calibration_dataset, save_dir)`.
 
 calibrate (calibration.py) -> score (scoring/) -> allocate (allocation.py) -> plan (plan.py) -> slice (slicing.py)
--> save (model, image processor, snp_config.json, pruning plan and report; atomically).
+-> reconstruct (reconstruction.py) -> save (model, image processor, snp_config.json, pruning plan and report; atomically).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .calibration import calibration_batches, resolve_image_processor
 from .config import SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
+from .reconstruction import reconstruct
 from .scoring.snp import snp_scores
 from .slicing import apply_plan
 from .utils import atomic_directory
@@ -83,9 +84,13 @@ class SNPPruner:
         batches = None
         if config.needs_calibration:
             if calibration_dataset is None:
+                data_free = all(c in ("magnitude", "random") for c in criteria.values())
+                needs = [] if data_free else [f"Criteria {criteria}"]
+                if config.reconstruct != "none":
+                    needs.append(f"reconstruct={config.reconstruct!r}")
                 raise ValueError(
-                    f"Criteria {criteria} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
-                    "a dataset name or a folder of images), or use criterion='magnitude'."
+                    f"{' and '.join(needs)} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
+                    "a dataset name or a folder of images), or use criterion='magnitude' and reconstruct='none'."
                 )
             batches = calibration_batches(
                 calibration_dataset,
@@ -106,10 +111,16 @@ class SNPPruner:
         plan = plan_from_kept_dims(scores, kept_hidden, kept_dims)
         plan.metadata.update(criteria=criteria, snp_config=config.to_dict())
         pruned = apply_plan(self.model, plan)
+        sliced = time.perf_counter()
+        reconstruction = reconstruct(
+            self.model, pruned, plan, batches, mode=config.reconstruct, ridge=config.ridge, show_progress=show_progress
+        )
         done = time.perf_counter()
 
         self.plan = plan
         self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
+        self.report["seconds"]["reconstruction"] = round(done - sliced, 3)
+        self.report["reconstruction"] = reconstruction
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
             pruned,

@@ -64,6 +64,15 @@ def add_prune_arguments(parser) -> None:
         default=1,
         help="Keep q/k and v dims per head, MLP units and hidden channels at multiples of this (e.g. 8). Default: 1.",
     )
+    parser.add_argument(
+        "--reconstruct",
+        choices=["least_squares", "bias", "none"],
+        default="least_squares",
+        help="Refit after the cut on the calibration images: least squares (default), bias compensation, or none.",
+    )
+    parser.add_argument(
+        "--ridge", type=float, default=1e-3, help="Ridge of the least-squares refit (relative). Default: 1e-3."
+    )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
     tune = parser.add_argument_group("fine-tuning with distillation from the source model (teacher)")

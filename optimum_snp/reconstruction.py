@@ -1,0 +1,306 @@
+"""Reconstruction: refit the projections after the cut from the calibration images, no labels, no training.
+
+The pipeline step between slice and save (SNP_METHOD section 6). Slicing keeps every surviving weight as it was,
+so each layer's output drifts from the unpruned model's and the drift compounds over layers. Every layer has
+projections that read a pruned group and write the residual stream (ViT/DeiT: `o_proj` reads the kept value
+dims of the kept heads, `fc2` the kept MLP units); the adapter names them (`reconstruction_targets`). Modes:
+
+- "least_squares": layer by layer, in order. `X` = the projection's input in the PRUNED model whose earlier
+  projections are already refit, `Y` = the same projection's output in the UNPRUNED model on the same images,
+  restricted to the kept hidden channels. Solve, in float64,
+
+      min_{W, b} ||X W^T + b - Y||^2 + lam ||W - W_0||^2,    lam = ridge * mean(diag(X^T X))
+
+  where `W_0` are the sliced weights: the ridge pulls towards the weights the model already has, so with
+  nothing pruned the refit returns the original weights for any ridge. `X^T X`, `X^T Y` and the sums of X and Y
+  are running sums over batches (products per batch in float32, sums in float64), so the statistics' memory is
+  independent of the number of images. Each layer's input (both models) is cached once, so no layer is run
+  from the model's input again.
+- "bias": FLAP-style bias compensation, no solve: the mean (over the calibration images, in the unpruned model)
+  of the removed units' contribution is folded into the projection's bias, b += W[:, removed] @ E[x_removed].
+  One forward pass of the unpruned model.
+- "none": off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import get_adapter
+from .config import RECONSTRUCT_MODES, check_reconstruct
+from .plan import PruningPlan
+
+
+DEFAULT_RIDGE = 1e-3
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early, once what it needs has been captured."""
+
+
+@dataclass
+class ProjectionStats:
+    """Running sums for one projection `Y ~ X W^T + b` (X: (rows, k), Y: (rows, d)), float64."""
+
+    xtx: torch.Tensor
+    xty: torch.Tensor
+    x_sum: torch.Tensor
+    y_sum: torch.Tensor
+    y_sq: torch.Tensor
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, device=None) -> ProjectionStats:
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(
+            zeros(in_features, in_features),
+            zeros(in_features, out_features),
+            zeros(in_features),
+            zeros(out_features),
+            zeros(()),
+        )
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        y = y.detach().reshape(-1, y.shape[-1]).float()
+        self.xtx += (x.T @ x).double()
+        self.xty += (x.T @ y).double()
+        self.x_sum += x.sum(0).double()
+        self.y_sum += y.sum(0).double()
+        self.y_sq += y.double().square().sum()
+        self.rows += x.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.xtx, self.xty, self.x_sum, self.y_sum, self.y_sq))
+
+    def error(self, weight: torch.Tensor, bias: torch.Tensor | None) -> float:
+        """Mean squared error per row of `X W^T + b` against `Y`, from the sums alone."""
+        w = weight.detach().double().to(self.xtx.device)
+        b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if bias is None else bias.detach().double()
+        total = (
+            (w @ self.xtx * w).sum()
+            + 2 * b @ (w @ self.x_sum)
+            + self.rows * b.square().sum()
+            - 2 * (w * self.xty.T).sum()
+            - 2 * b @ self.y_sum
+            + self.y_sq
+        )
+        return float(total.clamp_min(0)) / max(self.rows, 1)
+
+    def solve(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, ridge: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of `min ||X W^T + b - Y||^2 + lam ||W - weight||^2`, lam = ridge * mean(diag(X^T X))."""
+        k = self.xtx.shape[0]
+        w0 = weight.detach().double().to(self.xtx.device)
+        lam = ridge * float(self.xtx.diagonal().mean().clamp_min(1e-12))
+        system = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=self.xtx.device)
+        system[:k, :k] = self.xtx + lam * torch.eye(k, dtype=torch.float64, device=self.xtx.device)
+        system[:k, k] = system[k, :k] = self.x_sum
+        system[k, k] = self.rows
+        rhs = torch.cat([self.xty + lam * w0.T, self.y_sum[None, :]])
+        if bias is None:  # no bias to fit: drop the last row and column
+            system, rhs = system[:k, :k], rhs[:k]
+        try:
+            solution = torch.linalg.solve(system, rhs)
+        except RuntimeError:  # singular (ridge 0 and too few distinct rows): minimum-norm least squares
+            solution = torch.linalg.lstsq(system, rhs, driver="gelsd").solution
+        new_weight = solution[:k].T
+        new_bias = solution[k] if bias is not None else None
+        return new_weight, new_bias
+
+
+# ---- running layers one at a time ------------------------------------------------------------------------------
+def _layer_inputs(model: nn.Module, adapter, batches) -> list[tuple[torch.Tensor, tuple, dict]]:
+    """The (hidden_states, other args, kwargs) that layer 0 receives for every batch (the model stops there)."""
+    cached = []
+
+    def hook(module, args, kwargs):
+        cached.append((args[0] if args else kwargs.pop("hidden_states"), tuple(args[1:]), dict(kwargs)))
+        raise _Stop
+
+    handle = adapter.layer(0).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**adapter.model_inputs(batch))
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return cached
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = layer(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _kept_inputs(plan: PruningPlan, idx: int, group: str, source_dims) -> list[int]:
+    layer = plan.layers[idx]
+    if group == "v":
+        return layer.v_rows(source_dims[idx])
+    if group == "mlp":
+        return list(layer.mlp)
+    raise ValueError(f"No reconstruction for group {group!r}.")
+
+
+@torch.no_grad()
+def reconstruct(
+    original: nn.Module,
+    pruned: nn.Module,
+    plan: PruningPlan,
+    batches: Iterable,
+    mode: str = "least_squares",
+    ridge: float = DEFAULT_RIDGE,
+    show_progress: bool = True,
+) -> dict:
+    """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
+
+    Returns a report: per layer and projection, the mean squared error of the projection's output against the
+    unpruned model's before and after the refit (least squares), and the statistics' size in bytes.
+    """
+    check_reconstruct(mode, ridge)
+    if mode == "none":
+        return {"mode": "none"}
+    batches = list(batches) if batches is not None else []
+    if not batches:
+        raise ValueError(
+            f"reconstruct={mode!r} refits the pruned model on calibration data, but none was given: pass "
+            "`calibration_dataset` (a few unlabeled images are enough), or use reconstruct='none'."
+        )
+    plan = plan.normalized()
+    adapter_o, adapter_p = get_adapter(original), get_adapter(pruned)
+    source_dims = adapter_o.layer_dims()
+    hidden = torch.as_tensor(plan.hidden)
+    was_training = (original.training, pruned.training)
+    original.eval()
+    pruned.eval()
+    try:
+        if mode == "bias":
+            return _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden)
+        return _least_squares(
+            original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden, ridge, show_progress
+        )
+    finally:
+        original.train(was_training[0])
+        pruned.train(was_training[1])
+
+
+def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden) -> dict:
+    sums: dict[tuple[int, str], list] = {}  # (layer, key) -> [sum of the projection's input rows, row count]
+
+    def record(where):
+        def hook(module, inputs):
+            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
+            entry = sums.setdefault(where, [0.0, 0])
+            entry[0] = entry[0] + x.sum(0)
+            entry[1] += x.shape[0]
+
+        return hook
+
+    keys = adapter_o.reconstruction_targets()
+    handles = [
+        adapter_o.layer_modules(idx)[key].register_forward_pre_hook(record((idx, key)))
+        for idx in range(adapter_o.num_layers)
+        for key, _ in keys
+    ]
+    try:
+        for batch in batches:
+            original(**adapter_o.model_inputs(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = []
+    for idx in range(adapter_o.num_layers):
+        mods_o, mods_p = adapter_o.layer_modules(idx), adapter_p.layer_modules(idx)
+        entry = {"layer": idx}
+        for key, group in keys:
+            kept = set(_kept_inputs(plan, idx, group, source_dims))
+            removed = torch.as_tensor([i for i in range(mods_o[key].in_features) if i not in kept], dtype=torch.long)
+            proj_o, proj_p = mods_o[key], mods_p[key]
+            if proj_p.bias is None or len(removed) == 0:
+                entry[key] = {"removed": int(len(removed))}
+                continue
+            total, rows = sums[idx, key]
+            shift = proj_o.weight.detach().double()[hidden][:, removed] @ (total[removed] / rows)
+            proj_p.bias.add_(shift.to(proj_p.bias.dtype))
+            entry[key] = {"removed": int(len(removed)), "bias_shift_norm": float(shift.norm())}
+        layers.append(entry)
+    return {"mode": "bias", "layers": layers}
+
+
+def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tensor):
+    """Runs an unpruned layer on every cached input; returns the next layer's inputs and, per projection key, the
+    projection's output restricted to the kept hidden channels (one tensor per batch)."""
+    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
+
+    def record(key):
+        return lambda module, inp, out: outputs[key].append(out.detach().index_select(-1, hidden))
+
+    handles = [module.register_forward_hook(record(key)) for key, module in modules.items()]
+    try:
+        next_inputs = [(_run_layer(layer, h, a, kw), a, kw) for h, a, kw in inputs]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return next_inputs, outputs
+
+
+def _projection_stats(layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor]) -> ProjectionStats:
+    """Statistics of `proj`'s input in the pruned `layer` (run up to `proj` only) against the targets."""
+    stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device)
+    current = {"target": None}
+
+    def capture(module, inp):
+        stats.add(inp[0], current["target"])
+        raise _Stop
+
+    handle = proj.register_forward_pre_hook(capture)
+    try:
+        for (h, a, kw), target in zip(inputs, targets, strict=True):
+            current["target"] = target
+            try:
+                _run_layer(layer, h, a, kw)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return stats
+
+
+def _least_squares(original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden, ridge, show_progress):
+    from tqdm.auto import tqdm
+
+    inputs_o = _layer_inputs(original, adapter_o, batches)
+    inputs_p = _layer_inputs(pruned, adapter_p, batches)
+    keys = [key for key, _ in adapter_o.reconstruction_targets()]
+    layers = []
+    stats_bytes = 0
+    progress = tqdm(range(adapter_o.num_layers), desc="SNP reconstruction", unit="layer", disable=not show_progress)
+    for idx in progress:
+        layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
+        mods_o = adapter_o.layer_modules(idx)
+        next_o, outputs = _unpruned_layer_pass(adapter_o.layer(idx), {k: mods_o[k] for k in keys}, inputs_o, hidden)
+        entry = {"layer": idx}
+        for key in keys:  # in forward order: each refit sees the refit projections before it
+            proj = mods_p[key]
+            stats = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key))
+            before = stats.error(proj.weight, proj.bias)
+            weight, bias = stats.solve(proj.weight, proj.bias, ridge)
+            proj.weight.copy_(weight.to(proj.weight.dtype))
+            if bias is not None:
+                proj.bias.copy_(bias.to(proj.bias.dtype))
+            entry[key] = {"mse_before": before, "mse_after": stats.error(proj.weight, proj.bias), "rows": stats.rows}
+            stats_bytes = max(stats_bytes, stats.nbytes())
+        layers.append(entry)
+        inputs_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
+        inputs_o = next_o
+    return {"mode": "least_squares", "ridge": ridge, "layers": layers, "stats_bytes": stats_bytes}
+
+
+__all__ = ["DEFAULT_RIDGE", "RECONSTRUCT_MODES", "ProjectionStats", "check_reconstruct", "reconstruct"]
