@@ -52,6 +52,83 @@ def round_dims(dims: list[LayerDims], base: list[LayerDims], round_to: int = 1) 
     ]
 
 
+FIELDS = (("qk", "qk_head_dim"), ("v", "v_head_dim"), ("mlp", "intermediate_size"))
+
+
+def _floor_dims(base_dims: list[LayerDims], max_ratio: float, round_to: int) -> list[LayerDims]:
+    """The smallest dims allocation may reach: at most `max_ratio` of every group removed (rounded)."""
+
+    def floor(dim: int) -> int:
+        return kept_levels(dim, dim - int(max_ratio * dim), round_to)[-1]
+
+    return [
+        LayerDims(b.num_heads, floor(b.qk_head_dim), floor(b.v_head_dim), floor(b.intermediate_size))
+        for b in base_dims
+    ]
+
+
+def _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to) -> None:
+    floor_dims = _floor_dims(base_dims, max_ratio, round_to)
+    floor = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=floor_dims).macs
+    if target_macs < floor:
+        raise ValueError(
+            f"Target of {target_macs / 1e9:.4g} GMACs is below {floor / 1e9:.4g} GMACs, the least this model reaches "
+            f"removing at most {max_ratio:.0%} of every group (after head/hidden pruning"
+            + (f", dims rounded to multiples of {round_to}" if round_to > 1 else "")
+            + "); raise the target, increase `head_ratio`/`hidden_ratio`, or raise `max_allocated_ratio`."
+        )
+
+
+def uniform_dims(
+    config,
+    architecture: str,
+    kept_hidden: int,
+    base_dims: list[LayerDims],
+    target_macs: float,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+) -> list[LayerDims]:
+    """The same fraction of query/key dims, value dims and MLP units removed in every layer: the smallest fraction
+    (to 1e-4, by bisection) whose model needs at most `target_macs` per image; then the MLP fraction (still the same
+    in every layer) lowered as far as the target allows, since per-head dims move in coarse steps."""
+    _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
+
+    def keep(dim: int, ratio: float) -> int:
+        kept = max(1, dim - round(ratio * dim))
+        return max(kept_levels(dim, dim - int(max_ratio * dim), round_to)[-1], round_kept(kept, dim, round_to))
+
+    def dims_at(ratio: float, mlp_ratio: float | None = None) -> list[LayerDims]:
+        mlp_ratio = ratio if mlp_ratio is None else mlp_ratio
+        return [
+            LayerDims(
+                b.num_heads,
+                keep(b.qk_head_dim, ratio),
+                keep(b.v_head_dim, ratio),
+                keep(b.intermediate_size, mlp_ratio),
+            )
+            for b in base_dims
+        ]
+
+    def macs(dims: list[LayerDims]) -> int:
+        return model_size(config, architecture, hidden_size=kept_hidden, layer_dims=dims).macs
+
+    def smallest(fits, high: float) -> float:  # the smallest ratio in [0, high] for which fits(ratio), by bisection
+        low = 0.0
+        if fits(low):
+            return low
+        while high - low > 1e-4:
+            mid = (low + high) / 2
+            low, high = (low, mid) if fits(mid) else (mid, high)
+        return high
+
+    if macs(dims_at(max_ratio)) > target_macs:  # rounding kept the floor above the target: the best uniform can do
+        return _floor_dims(base_dims, max_ratio, round_to)
+    ratio = smallest(lambda r: macs(dims_at(r)) <= target_macs, max_ratio)
+    # query/key and value dims move in coarse steps (one per head); fill what they overshoot with MLP units
+    mlp_ratio = smallest(lambda r: macs(dims_at(ratio, r)) <= target_macs, ratio)
+    return dims_at(ratio, mlp_ratio)
+
+
 def allocate_dims(
     scores,
     config,
@@ -61,6 +138,7 @@ def allocate_dims(
     target_macs: float,
     max_ratio: float = 0.9,
     round_to: int = 1,
+    macs_exponent: float = MACS_EXPONENT,
 ) -> list[LayerDims]:
     """Per-layer dims whose model needs at most `target_macs` per image.
 
@@ -71,25 +149,13 @@ def allocate_dims(
     """
     tokens = num_tokens(config)
     d = kept_hidden
+    _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
     start = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=base_dims).macs
-    fields = (("qk", "qk_head_dim"), ("v", "v_head_dim"), ("mlp", "intermediate_size"))
     levels = {
         (idx, g): kept_levels(getattr(b, f), getattr(b, f) - int(max_ratio * getattr(b, f)), round_to)
         for idx, b in enumerate(base_dims)
-        for g, f in fields
+        for g, f in FIELDS
     }
-    floor_dims = [
-        LayerDims(b.num_heads, levels[idx, "qk"][-1], levels[idx, "v"][-1], levels[idx, "mlp"][-1])
-        for idx, b in enumerate(base_dims)
-    ]
-    floor = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=floor_dims).macs
-    if target_macs < floor:
-        raise ValueError(
-            f"Target of {target_macs / 1e9:.4g} GMACs is below {floor / 1e9:.4g} GMACs, the least this model reaches "
-            f"removing at most {max_ratio:.0%} of every group (after head/hidden pruning"
-            + (f", dims rounded to multiples of {round_to}" if round_to > 1 else "")
-            + "); raise the target, increase `head_ratio`/`hidden_ratio`, or raise `max_allocated_ratio`."
-        )
     if start <= target_macs:
         return list(base_dims)
 
@@ -116,7 +182,7 @@ def allocate_dims(
     def cost(key, k: int) -> float:
         full = levels[key][0]
         removed_units = steps[key][full - levels[key][k] : full - levels[key][k + 1]]
-        return float(removed_units.sum()) / step_macs(key, k) ** MACS_EXPONENT
+        return float(removed_units.sum()) / step_macs(key, k) ** macs_exponent
 
     taken = dict.fromkeys(levels, 0)  # steps taken per key
     heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]

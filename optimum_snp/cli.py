@@ -103,7 +103,7 @@ def _run(args) -> int:
     else:
         model_path = args.model
         if args.dataset is None and config.needs_calibration:
-            raise ValueError("--dataset is required with --model (or use --criterion magnitude).")
+            raise ValueError("--dataset is required with --model (or use --criterion magnitude --reconstruct none).")
         calibration = args.dataset
         epochs = 0 if epochs is None else epochs
     if args.dataset is not None:

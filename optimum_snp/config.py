@@ -14,7 +14,7 @@ SNP_CONFIG_NAME = "snp_config.json"
 GROUPS = ("qk", "v", "mlp", "hidden", "heads")
 # criterion names per group; "snp" is the shipped default of each group (chosen by benchmarks/ablation.py)
 CRITERIA = {
-    "qk": ("snp", "attention", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
+    "qk": ("snp", "attention", "logits", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
     "v": ("snp", "contribution", "redundancy", "redundancy_only", "magnitude", "random"),
     "mlp": ("snp", "contribution", "magnitude", "random"),
     "hidden": ("snp", "contribution", "magnitude", "random"),
@@ -32,6 +32,9 @@ SNP_DEFAULTS = {
 
 
 RECONSTRUCT_MODES = ("least_squares", "bias", "none")
+ALLOCATIONS = ("validated", "scores", "uniform")
+# the 'scores' exponents tried by allocation='validated' (uniform ratios are always a candidate too)
+ALLOCATION_EXPONENTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def check_reconstruct(mode: str, ridge: float) -> None:
@@ -85,6 +88,22 @@ class SNPConfig:
             "(Torch-Pruning's round_to); see the README's latency section for what 8 and 16 buy."
         },
     )
+    allocation: str = field(
+        default="validated",
+        metadata={
+            "help": "How a MACs target is split over layers and groups: 'uniform' (one ratio everywhere), 'scores' "
+            "(greedy on normalized scores per MAC^macs_exponent) or 'validated' (uniform and 'scores' at exponents "
+            f"{ALLOCATION_EXPONENTS}, each pruned and reconstructed, and the one with the lowest output divergence "
+            "on calibration images held out from scoring kept)."
+        },
+    )
+    macs_exponent: float = field(
+        default=0.25, metadata={"help": "Cost exponent of allocation='scores' (score / MACs_saved ** exponent)."}
+    )
+    num_validation_samples: int = field(
+        default=32,
+        metadata={"help": "Calibration images held out from scoring to choose among allocations ('validated')."},
+    )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
     )
@@ -136,9 +155,14 @@ class SNPConfig:
         if not 0.0 < self.max_allocated_ratio < 1.0:
             raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
         check_reconstruct(self.reconstruct, self.ridge)
-        for name in ("num_calibration_samples", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {getattr(self, name)!r}.")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"Unknown `allocation` {self.allocation!r}; choose one of {list(ALLOCATIONS)}.")
+        if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
+            raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
+        for name in ("num_calibration_samples", "batch_size", "num_validation_samples"):
+            minimum = 0 if name == "num_validation_samples" else 1
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum}, got {getattr(self, name)!r}.")
 
     @staticmethod
     def _nonzero(value) -> bool:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 
+import torch
 from torch import nn
 
 from .accounting import architecture_of, model_size_of
 from .adapters import get_adapter
-from .allocation import allocate_dims, round_dims, round_kept
+from .allocation import allocate_dims, round_dims, round_kept, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import calibration_batches, resolve_image_processor
-from .config import SNPConfig
+from .config import ALLOCATION_EXPONENTS, SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
 from .reconstruction import reconstruct
@@ -81,7 +83,7 @@ class SNPPruner:
         criteria = config.criterion_per_group()
         start = time.perf_counter()
 
-        batches = None
+        batches, held_out = None, None
         if config.needs_calibration:
             if calibration_dataset is None:
                 data_free = all(c in ("magnitude", "random") for c in criteria.values())
@@ -92,35 +94,74 @@ class SNPPruner:
                     f"{' and '.join(needs)} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
                     "a dataset name or a folder of images), or use criterion='magnitude' and reconstruct='none'."
                 )
+            validate = config.has_target and config.allocation == "validated" and config.num_validation_samples > 0
             batches = calibration_batches(
                 calibration_dataset,
                 self.image_processor,
-                num_samples=config.num_calibration_samples,
+                num_samples=config.num_calibration_samples + (config.num_validation_samples if validate else 0),
                 batch_size=config.batch_size,
                 seed=config.seed,
                 image_column=config.image_column,
                 split=split,
                 show_progress=show_progress,
             )
+            if validate:
+                batches, held_out = _split_batches(batches, config.num_calibration_samples)
         scores = snp_scores(
             self.model, batches, criteria, qk_rank=config.qk_rank, seed=config.seed, show_progress=show_progress
         )
         scored = time.perf_counter()
 
-        kept_hidden, kept_dims = self._kept_dims(config, ratios, scores)
-        plan = plan_from_kept_dims(scores, kept_hidden, kept_dims)
-        plan.metadata.update(criteria=criteria, snp_config=config.to_dict())
-        pruned = apply_plan(self.model, plan)
-        sliced = time.perf_counter()
-        reconstruction = reconstruct(
-            self.model, pruned, plan, batches, mode=config.reconstruct, ridge=config.ridge, show_progress=show_progress
-        )
+        candidates = self._candidate_dims(config, ratios, scores)
+        reference = None
+        if len(candidates) > 1:
+            if not held_out and batches:
+                warnings.warn(
+                    "No calibration images were left to hold out for allocation='validated' (the dataset has at most "
+                    f"num_calibration_samples={config.num_calibration_samples}); candidates are compared on the "
+                    "calibration images themselves.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            held_out = held_out or batches
+            if not held_out:
+                raise ValueError(
+                    "allocation='validated' compares candidate allocations on calibration images; pass "
+                    "`calibration_dataset`, or use allocation='scores' or 'uniform'."
+                )
+            reference = _outputs(self.model, held_out)
+        chosen, tried, reconstructed_s = None, [], 0.0
+        for name, kept_hidden, kept_dims in candidates:
+            plan = plan_from_kept_dims(scores, kept_hidden, kept_dims)
+            plan.metadata.update(criteria=criteria, snp_config=config.to_dict())
+            pruned = apply_plan(self.model, plan)
+            sliced = time.perf_counter()
+            reconstruction = reconstruct(
+                self.model,
+                pruned,
+                plan,
+                batches,
+                mode=config.reconstruct,
+                ridge=config.ridge,
+                show_progress=show_progress and len(candidates) == 1,
+            )
+            reconstructed_s += time.perf_counter() - sliced
+            divergence = (
+                _divergence(reference, _outputs(pruned, held_out), plan.hidden) if reference is not None else None
+            )
+            tried.append({"allocation": name, "divergence": divergence, "macs": model_size_of(pruned).macs})
+            if chosen is None or divergence < chosen[0]:
+                chosen = (divergence, name, plan, pruned, reconstruction)
+        _, allocation, plan, pruned, reconstruction = chosen
         done = time.perf_counter()
 
         self.plan = plan
         self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
-        self.report["seconds"]["reconstruction"] = round(done - sliced, 3)
+        self.report["seconds"]["reconstruction"] = round(reconstructed_s, 3)
         self.report["reconstruction"] = reconstruction
+        self.report["allocation"] = {"chosen": allocation, "candidates": tried}
+        if held_out is not None and reference is not None:
+            self.report["allocation"]["num_validation_images"] = sum(len(b) for b in held_out)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
             pruned,
@@ -136,13 +177,14 @@ class SNPPruner:
             self.save(pruned, save_dir, config, overwrite=overwrite)
         return pruned
 
-    def _kept_dims(self, config: SNPConfig, ratios: PruningRatios, scores):
+    def _candidate_dims(self, config: SNPConfig, ratios: PruningRatios, scores) -> list[tuple[str, int, list]]:
+        """(name, kept hidden channels, per-layer dims) of every allocation to try; one unless 'validated'."""
         adapter = get_adapter(self.model)
         layer_dims = adapter.layer_dims()
         if not config.has_target:
             kept_hidden, dims = ratios.kept_dims(adapter.hidden_size, layer_dims)
             kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
-            return kept_hidden, round_dims(dims, layer_dims, config.round_to)
+            return [("ratios", kept_hidden, round_dims(dims, layer_dims, config.round_to))]
         # heads and hidden channels from their ratios, the rest allocated to reach the target
         kept_hidden, base_dims = PruningRatios(
             qk=[0.0] * len(layer_dims),
@@ -154,17 +196,28 @@ class SNPPruner:
         kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
         original = model_size_of(self.model).macs
         target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
-        dims = allocate_dims(
-            scores,
-            self.model.config,
-            architecture_of(self.model),
-            kept_hidden,
-            base_dims,
-            target,
+        common = dict(
+            config=self.model.config,
+            architecture=architecture_of(self.model),
+            kept_hidden=kept_hidden,
+            base_dims=base_dims,
+            target_macs=target,
             max_ratio=config.max_allocated_ratio,
             round_to=config.round_to,
         )
-        return kept_hidden, dims
+        if config.allocation == "uniform":
+            return [("uniform", kept_hidden, uniform_dims(**common))]
+        exponents = [config.macs_exponent] if config.allocation == "scores" else list(ALLOCATION_EXPONENTS)
+        candidates = [
+            (f"scores^{e:g}", kept_hidden, allocate_dims(scores, macs_exponent=e, **common)) for e in exponents
+        ]
+        if config.allocation == "validated":
+            candidates.insert(0, ("uniform", kept_hidden, uniform_dims(**common)))
+            unique = {}
+            for name, hidden, dims in candidates:  # the same dims under two names are tried once
+                unique.setdefault(tuple(dims), (name, hidden, dims))
+            candidates = list(unique.values())
+        return candidates
 
     def _report(self, config, criteria, plan, pruned, batches, scoring_s, total_s) -> dict:
         before, after = model_size_of(self.model), model_size_of(pruned)
@@ -230,6 +283,44 @@ class SNPPruner:
             pruned.save_pretrained(tmp)
         logger.info("Saved the pruned model to %s", target)
         return target
+
+
+def _split_batches(batches: list, count: int) -> tuple[list, list]:
+    """The first `count` images (for scoring and reconstruction) and the rest (held out), in batches."""
+    images = torch.cat(batches) if not isinstance(batches[0], dict) else None
+    if images is None:
+        raise ValueError("Held-out validation needs tensor batches.")
+    size = len(batches[0])
+    head, tail = images[:count], images[count:]
+    return list(head.split(size)), list(tail.split(size)) if len(tail) else []
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, batches: list) -> torch.Tensor:
+    """The model's logits (or last hidden states) on `batches`, in eval mode."""
+    adapter = get_adapter(model)
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        for batch in batches:
+            out = model(**adapter.model_inputs(batch))
+            logits = getattr(out, "logits", None)
+            outs.append((logits if logits is not None else out.last_hidden_state).float())
+        return torch.cat(outs)
+    finally:
+        model.train(was_training)
+
+
+def _divergence(reference: torch.Tensor, outputs: torch.Tensor, hidden: list[int]) -> float:
+    """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
+    their mean squared error relative to the reference's mean square (on the kept `hidden` channels)."""
+    if reference.dim() == 2:
+        log_p, log_q = reference.log_softmax(-1), outputs.log_softmax(-1)
+        return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    if reference.shape[-1] != outputs.shape[-1]:
+        reference = reference[..., hidden]
+    return float((reference - outputs).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-30))
 
 
 __all__ = ["PLAN_NAME", "REPORT_NAME", "SNPPruner"]

@@ -29,7 +29,7 @@ def pruned(tmp_path_factory):
     """(pruned model, its save_dir), with a model card and its figure if the pruner did not write them."""
     folder = tmp_path_factory.mktemp("hub") / "pruned"
     model = SNPPruner(tiny_model("deit-teacher")).prune(
-        SNPConfig(qk_ratio=0.5, criterion="magnitude"), save_dir=str(folder), show_progress=False
+        SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), save_dir=str(folder), show_progress=False
     )
     if not (folder / "README.md").exists():
         (folder / "README.md").write_text("---\nlibrary_name: transformers\ntags:\n- snp\n---\n\n# Tiny SNP DeiT\n")
@@ -213,7 +213,7 @@ def test_cli_push_to_hub(hub, tmp_path):
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     env.pop("HF_HUB_OFFLINE", None)
-    args = ["--model", str(tmp_path / "model"), "--criterion", "magnitude", "--qk-ratio", "0.5"]
+    args = ["--model", str(tmp_path / "model"), "--criterion", "magnitude", "--reconstruct", "none", "--qk-ratio", "0.5"]
     args += ["--output-dir", str(tmp_path / "out"), "--no-progress", "--push-to-hub", "cli-pushed"]
     result = subprocess.run(
         [sys.executable, "-m", "optimum_snp", *args], capture_output=True, text=True, timeout=300, env=env

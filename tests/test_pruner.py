@@ -32,7 +32,14 @@ def test_prune_with_ratios_returns_smaller_snp_model(data):
     model = tiny_model("deit-teacher")
     pruner = SNPPruner.from_pretrained(model)
     pruned = pruner.prune(
-        fast(qk_ratio=0.5, v_ratio=0.25, mlp_ratio=[0.5, 0.25, 0.0], head_ratio=0.25, hidden_ratio=0.25),
+        fast(
+            qk_ratio=0.5,
+            v_ratio=0.25,
+            mlp_ratio=[0.5, 0.25, 0.0],
+            head_ratio=0.25,
+            hidden_ratio=0.25,
+            reconstruct="none",
+        ),
         calibration_dataset=data,
         show_progress=False,
     )
@@ -41,7 +48,7 @@ def test_prune_with_ratios_returns_smaller_snp_model(data):
     assert cfg.num_heads_per_layer == [3, 3, 3] and cfg.qk_head_dims == [4, 4, 4] and cfg.v_head_dims == [6, 6, 6]
     assert cfg.intermediate_sizes == [24, 36, 48] and cfg.hidden_size == 24
     assert pruner.report["params"]["after"] == sum(p.numel() for p in pruned.parameters())
-    # the model stays the same, the plan replays
+    # the model stays the same, the plan replays (without reconstruction, slicing is all there is)
     assert torch.equal(logits_of(apply_plan(model, pruner.plan), pixel_values()), logits_of(pruned, pixel_values()))
 
 
@@ -81,7 +88,8 @@ def test_save_dir_contents_and_reload(data, tmp_path):
 def test_target_macs_ratio_within_two_percent(data, keep):
     model = tiny_model("deit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
     pruner = SNPPruner.from_pretrained(model)
-    pruned = pruner.prune(fast(target_macs_ratio=keep, head_ratio=0.25), calibration_dataset=data, show_progress=False)
+    config = fast(target_macs_ratio=keep, head_ratio=0.25, allocation="scores")
+    pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     ratio = model_size_of(pruned).macs / model_size_of(model).macs
     assert keep * 0.98 <= ratio <= keep * 1.02
     assert pruned.config.num_heads_per_layer == [6, 6, 6]
@@ -142,7 +150,9 @@ def test_seed_changes_the_sample_and_random_scores(data):
 
 
 def test_data_free_criteria_need_no_dataset():
-    pruned = SNPPruner(tiny_model("vit")).prune(fast(qk_ratio=0.5, criterion="magnitude"), show_progress=False)
+    pruned = SNPPruner(tiny_model("vit")).prune(
+        fast(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), show_progress=False
+    )
     assert pruned.config.qk_head_dims == [4, 4, 4]
 
 
@@ -266,3 +276,20 @@ def test_unsupported_model_lists_supported():
         SNPPruner.from_pretrained(
             BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
         )
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.35])
+def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, keep):
+    model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    pruner = SNPPruner.from_pretrained(model)
+    config = SNPConfig(target_macs_ratio=keep, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
+    allocation = pruner.report["allocation"]
+    names = [c["allocation"] for c in allocation["candidates"]]
+    assert names[0] == "uniform" and len(names) >= 2 and allocation["num_validation_images"] == 16
+    best = min(allocation["candidates"], key=lambda c: c["divergence"])
+    assert allocation["chosen"] == best["allocation"]
+    original = model_size_of(model).macs
+    for candidate in allocation["candidates"]:
+        assert keep * 0.97 <= candidate["macs"] / original <= keep * 1.001, candidate
+    assert model_size_of(pruned).macs == best["macs"]

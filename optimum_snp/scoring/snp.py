@@ -10,6 +10,11 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
                     singular triplets of the logit matrix S = s Q K^T
     "svd_centered"  the same on the row-centred logits (the per-row constant that softmax ignores removed)
     "qk_norm"       ||q_i|| * ||k_i||
+    "logits"        the change of the row-centred logits when a SET R of pairs is removed, exactly:
+                    E(R) = s^2 ||sum_{i in R} q_i (k_i - mean_u k_i)^T||_F^2 = s^2 1_R^T (Q^T Q * Kc^T Kc) 1_R,
+                    summed over images (a d x d matrix per head); pairs are removed greedily, each time the one
+                    that raises E least, so interactions between pairs count at any removal ratio. A pair's
+                    score is E's increase when it is removed (made non-decreasing along the removal order).
 Value criteria (per head h, filter i; o_hi = A_h v_i, the N-vector sent to o_proj):
     "contribution"  ||o_hi|| * ||W_o[:, (h, i)]||
     "redundancy"    the paper's: contribution * (1 - rho_hi), rho = max |cos(o_hi, o_gj)| over other heads g, with
@@ -149,7 +154,7 @@ class SNPStatistics:
                 gram = torch.einsum("khi,khj->hij", w, w)  # W_h^T W_h per head
                 energy = torch.einsum("bthi,hij,bthj->bh", o, gram, o).clamp_min(0).sqrt()
                 stats.add("heads", energy.sum(0))
-            if self.criteria["qk"] in ("attention", "svd", "svd_centered", "qk_norm"):
+            if self.criteria["qk"] in ("attention", "svd", "svd_centered", "qk_norm", "logits"):
                 self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
             stats.q = stats.k = None
 
@@ -165,6 +170,10 @@ class SNPStatistics:
             return
         if crit == "attention":
             stats.add("qk", attention_change_scores(q, k, scaling).sum(0))
+        elif crit == "logits":
+            kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
+            gram = (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)  # (B, H, d, d)
+            stats.add("qk_gram", (scaling**2) * gram.sum(0))
         else:
             stats.add("qk", svd_share_scores(q, k, scaling, self.qk_rank, centered=crit == "svd_centered").sum(0))
 
@@ -207,6 +216,8 @@ class SNPStatistics:
                     continue
                 if crit in fallback:
                     entry[group] = getattr(fallback[crit].layers[idx], group)
+            if "qk" not in entry and "qk_gram" in stats.sums:
+                entry["qk"] = greedy_removal_scores(stats.sums["qk_gram"] / n).float()
             if "qk" not in entry:
                 entry["qk"] = (stats.sums["qk"] / n).float()
             v_crit = self.criteria["v"]
@@ -238,6 +249,32 @@ class SNPStatistics:
         crit = self.criteria["hidden"]
         hidden = fallback[crit].hidden if crit in fallback else (self.hidden_sum / n).sqrt().float()
         return GroupScores(hidden=hidden, layers=layers)
+
+
+def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
+    """Scores from greedy backward elimination on the quadratic error E(R) = 1_R^T G 1_R, per head.
+
+    gram: (H, d, d), symmetric positive semi-definite. Repeatedly removes the unit whose removal raises E least;
+    its score is that increase, made non-decreasing along the removal order (so sorting the scores gives the
+    removal order, and the k smallest scores of a head are the k units the greedy removes first). Returns (H, d).
+    """
+    gram = gram.double()
+    heads, dim = gram.shape[:2]
+    scores = torch.empty(heads, dim, dtype=torch.float64)
+    for h in range(heads):
+        g = gram[h]
+        removed = torch.zeros(dim, dtype=torch.bool)
+        cross = torch.zeros(dim, dtype=torch.float64)  # sum over removed j of G[i, j]
+        best_so_far = 0.0
+        for _ in range(dim):
+            increase = (g.diagonal() + 2 * cross).masked_fill(removed, float("inf"))
+            victim = int(torch.argmin(increase))
+            # strictly increasing along the order, so that ties cannot reorder units
+            best_so_far = max(float(increase[victim]), best_so_far + abs(best_so_far) * 1e-9 + 1e-300)
+            scores[h, victim] = best_so_far
+            removed[victim] = True
+            cross += g[:, victim]
+    return scores
 
 
 def attention_change_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
