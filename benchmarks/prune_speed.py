@@ -4,7 +4,8 @@ DeiT-Base built from its config (random weights, 224x224, 1000 classes), 64 cali
 digits, upscaled by the derived image processor), measured in one process: forward, prune, forward again (the
 ratio uses the mean of the two forward timings). Also the peak resident memory after each phase.
 
-    python benchmarks/prune_speed.py [--size base] [--images 64] [--target-macs-ratio 0.36]
+    python benchmarks/prune_speed.py [--size base] [--images 64] [--target-macs-ratio 0.36 | --ratio-table DeiT_b]
+        [--reconstruct least_squares|bias|none] [--allocation validated|scores|uniform]
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--target-macs-ratio", type=float, default=0.36, help="0.36 ~ the paper's DeiT-B 6.4 GMACs")
+    parser.add_argument("--ratio-table", default=None, help="e.g. DeiT_b: the authors' per-layer ratios instead")
+    parser.add_argument("--reconstruct", default="least_squares", choices=["least_squares", "bias", "none"])
+    parser.add_argument("--allocation", default="validated", choices=["validated", "scores", "uniform"])
     parser.add_argument("--criterion", default="snp")
     args = parser.parse_args(argv)
 
@@ -63,12 +67,17 @@ def main(argv=None) -> int:
     forward()  # warm-up (allocator, kernels), not timed
     t_forward_1 = forward()
     rss_forward = peak_rss_gib()
-    config = SNPConfig(
-        target_macs_ratio=args.target_macs_ratio,
+    common = dict(
         criterion=parse_criterion(args.criterion),
         num_calibration_samples=args.images,
         batch_size=args.batch_size,
+        reconstruct=args.reconstruct,
+        allocation=args.allocation,
     )
+    if args.ratio_table:
+        config = SNPConfig.from_ratio_table(args.ratio_table, **common)
+    else:
+        config = SNPConfig(target_macs_ratio=args.target_macs_ratio, **common)
     start = time.perf_counter()
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     t_prune = time.perf_counter() - start
@@ -83,16 +92,19 @@ def main(argv=None) -> int:
     )
     print(
         f"DeiT-{args.size}: {size_before.gmacs:.2f} -> {size_after.gmacs:.2f} GMACs "
-        f"({size_after.macs / size_before.macs:.1%} kept), criterion {pruner.report['criteria']}"
+        f"({size_after.macs / size_before.macs:.1%} kept), criterion {pruner.report['criteria']}, "
+        + (f"ratio table {args.ratio_table}" if args.ratio_table else f"allocation {args.allocation}")
+        + f" (chosen: {pruner.report['allocation']['chosen']}), reconstruct {args.reconstruct}"
     )
     print(
-        "| images | forward (s) | prune() (s) | of which scoring (s) | prune / forward | peak RSS after forward "
-        "| peak RSS after prune |"
+        "| images | forward (s) | prune() (s) | of which scoring (s) | of which reconstruction (s) | prune / forward "
+        "| peak RSS after forward | peak RSS after prune |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {args.images} | {t_forward:.2f} ({t_forward_1:.2f}, {t_forward_2:.2f}) | {t_prune:.2f} | "
-        f"{pruner.report['seconds']['scoring']:.2f} | {t_prune / t_forward:.2f} | {rss_forward:.2f} GiB | "
+        f"{pruner.report['seconds']['scoring']:.2f} | {pruner.report['seconds']['reconstruction']:.2f} | "
+        f"{t_prune / t_forward:.2f} | {rss_forward:.2f} GiB | "
         f"{rss_prune:.2f} GiB |"
     )
     return 0

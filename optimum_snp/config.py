@@ -14,7 +14,7 @@ SNP_CONFIG_NAME = "snp_config.json"
 GROUPS = ("qk", "v", "mlp", "hidden", "heads")
 # criterion names per group; "snp" is the shipped default of each group (chosen by benchmarks/ablation.py)
 CRITERIA = {
-    "qk": ("snp", "attention", "logits", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
+    "qk": ("snp", "attention", "attention_iterative", "logits", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
     "v": ("snp", "contribution", "redundancy", "redundancy_only", "magnitude", "random"),
     "mlp": ("snp", "contribution", "magnitude", "random"),
     "hidden": ("snp", "contribution", "magnitude", "random"),

@@ -368,8 +368,8 @@ class GradualPruningCallback(TrainerCallback):
         return record
 
     def _prune(self, model: nn.Module, step_config: SNPConfig) -> tuple[SNPPruner, nn.Module]:
-        """`SNPPruner(model).prune(step_config)` where the model is; when that fails on an accelerator because the
-        pruner left calibration tensors on the CPU, on the CPU (this and later steps), the result moved back."""
+        """`SNPPruner(model).prune(step_config)` where the model is; when that fails on an accelerator (the pruner's
+        reconstruction feeds it CPU calibration batches), on the CPU for this and later steps, the result moved back."""
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
 
@@ -386,9 +386,7 @@ class GradualPruningCallback(TrainerCallback):
         if device.type != "cpu" and not self._prune_on_cpu:
             try:
                 return prune()
-            except RuntimeError as err:
-                if "device" not in str(err):
-                    raise
+            except RuntimeError as err:  # a genuine error comes back on the CPU too
                 warnings.warn(
                     f"SNPPruner failed on {device} ({str(err).splitlines()[0]}); gradual pruning scores and "
                     "reconstructs on the CPU instead.",

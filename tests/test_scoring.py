@@ -7,6 +7,7 @@ from optimum_snp.config import CRITERIA, SNPConfig
 from optimum_snp.scoring.snp import (
     attention_change_scores,
     greedy_redundancy_keep,
+    greedy_removal_scores,
     snp_scores,
     svd_share_scores,
 )
@@ -114,3 +115,53 @@ def test_non_finite_activations_are_reported():
         model.vit.layers[1].mlp.fc1.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="Non-finite activations .* layer 1 MLP"):
         snp_scores(model, [pixel_values(2)], SNPConfig().criterion_per_group(), show_progress=False)
+
+
+def test_greedy_removal_scores_follow_the_greedy_order():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
+    gram = a.transpose(-1, -2) @ a
+    scores = greedy_removal_scores(gram)
+    for h in range(2):
+        order = torch.argsort(scores[h]).tolist()
+        removed = []
+        for victim in order:  # each unit in sort order is the one the greedy step removes
+            increase = [
+                (gram[h, i, i] + 2 * sum(gram[h, i, j] for j in removed)).item() if i not in removed else float("inf")
+                for i in range(6)
+            ]
+            assert increase[victim] == pytest.approx(min(increase), abs=1e-9)
+            removed.append(victim)
+        assert (scores[h].diff() != 0).all() or len(set(scores[h].tolist())) == 6  # a strict order: no ties
+
+
+def test_logits_criterion_error_is_exact_for_any_removed_set():
+    q, k = _qk(2)
+    s = 0.5
+    kc = k - k.mean(-2, keepdim=True)
+    gram = (s**2) * (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)
+    removed = [0, 3]
+    logits = s * q @ k.transpose(-1, -2)
+    kept_logits = s * q[..., [1, 2, 4]] @ k[..., [1, 2, 4]].transpose(-1, -2)
+    change = logits - kept_logits
+    change = change - change.mean(-1, keepdim=True)  # softmax ignores a per-row constant
+    ones = torch.zeros(5, dtype=torch.float64)
+    ones[removed] = 1
+    assert (ones @ gram @ ones).sum().item() == pytest.approx(change.pow(2).sum().item(), rel=1e-9)
+
+
+def test_iterative_attention_criterion_orders_by_removal_pass():
+    model = tiny_model("vit", seed=2)
+    criteria = {"qk": "attention_iterative", "v": "contribution", "mlp": "contribution", "hidden": "magnitude"}
+    criteria["heads"] = "magnitude"
+    scores = snp_scores(model, [pixel_values(4, seed=s) for s in range(2)], criteria, show_progress=False)
+    one_pass = snp_scores(
+        model, [pixel_values(4, seed=s) for s in range(2)], {**criteria, "qk": "attention"}, show_progress=False
+    )
+    for layer, first in zip(scores.layers, one_pass.layers, strict=True):
+        dim = layer.qk.shape[1]
+        for h in range(layer.qk.shape[0]):
+            # the first pass removes the weakest half by the one-pass criterion
+            weakest_half = set(torch.argsort(first.qk[h], stable=True)[: dim - dim // 2].tolist())
+            assert set(torch.argsort(layer.qk[h])[: dim - dim // 2].tolist()) == weakest_half
+            assert len(set(layer.qk[h].tolist())) == dim  # strictly ordered

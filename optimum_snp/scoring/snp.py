@@ -10,6 +10,10 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
                     singular triplets of the logit matrix S = s Q K^T
     "svd_centered"  the same on the row-centred logits (the per-row constant that softmax ignores removed)
     "qk_norm"       ||q_i|| * ||k_i||
+    "attention_iterative"  the "attention" criterion with removal and re-computation: QK_ROUNDS calibration
+                    passes; after pass r the weakest pairs of every head are removed (down to 1/2, 1/4, ... of the
+                    dims) and the next pass scores the rest with the attention recomputed without them. A pair's
+                    score is its score in the pass that removed it, made increasing along the removal order.
     "logits"        the change of the row-centred logits when a SET R of pairs is removed, exactly:
                     E(R) = s^2 ||sum_{i in R} q_i (k_i - mean_u k_i)^T||_F^2 = s^2 1_R^T (Q^T Q * Kc^T Kc) 1_R,
                     summed over images (a d x d matrix per head); pairs are removed greedily, each time the one
@@ -40,11 +44,17 @@ def _col_sq_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().pow(2).sum(0)
 
 
+QK_ROUNDS = 3  # calibration passes of the "attention_iterative" query/key criterion
+
+
 class _LayerStats:
     def __init__(self, dims):
         self.dims = dims
         self.q = None
         self.k = None
+        self.qk_kept = torch.ones(dims.num_heads, dims.qk_head_dim, dtype=torch.bool)  # attention_iterative
+        self.qk_removed_at = torch.full((dims.num_heads, dims.qk_head_dim), -1)  # pass that removed each pair
+        self.qk_removed_score = torch.zeros(dims.num_heads, dims.qk_head_dim, dtype=torch.float64)
         self.sums: dict[str, torch.Tensor] = {}
 
     def add(self, name, value: torch.Tensor):
@@ -64,6 +74,7 @@ class SNPStatistics:
         self.layers = [_LayerStats(d) for d in self.adapter.layer_dims()]
         self.hidden_sum: torch.Tensor | None = None
         self._handles: list = []
+        self._qk_only = False  # later passes of "attention_iterative" accumulate nothing else
 
     # ---- hooks ------------------------------------------------------------------------------------------
     def __enter__(self):
@@ -128,6 +139,8 @@ class SNPStatistics:
 
     def _mlp_hook(self, idx, stats, mods):
         def hook(module, inputs):
+            if self._qk_only:
+                return
             act = inputs[0].detach()
             self._check_finite(act, f"layer {idx} MLP")
             stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
@@ -142,6 +155,11 @@ class SNPStatistics:
             out = inputs[0].detach().float()  # (B, N, H * d_v): column (h, i) is A_h v_i
             self._check_finite(out, f"layer {idx} attention")
             batch, tokens = out.shape[:2]
+            if self.criteria["qk"] in ("attention", "attention_iterative", "svd", "svd_centered", "qk_norm", "logits"):
+                self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
+            stats.q = stats.k = None
+            if self._qk_only:
+                return
             o = out.view(batch, tokens, d.num_heads, d.v_head_dim)
             v_crit = self.criteria["v"]
             if v_crit in ("contribution", "redundancy", "redundancy_only"):
@@ -154,9 +172,6 @@ class SNPStatistics:
                 gram = torch.einsum("khi,khj->hij", w, w)  # W_h^T W_h per head
                 energy = torch.einsum("bthi,hij,bthj->bh", o, gram, o).clamp_min(0).sqrt()
                 stats.add("heads", energy.sum(0))
-            if self.criteria["qk"] in ("attention", "svd", "svd_centered", "qk_norm", "logits"):
-                self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
-            stats.q = stats.k = None
 
         return hook
 
@@ -170,6 +185,9 @@ class SNPStatistics:
             return
         if crit == "attention":
             stats.add("qk", attention_change_scores(q, k, scaling).sum(0))
+        elif crit == "attention_iterative":
+            kept = stats.qk_kept.to(q.device, q.dtype)[None, :, None, :]  # (1, H, 1, d)
+            stats.add("qk", attention_change_scores(q * kept, k * kept, scaling).sum(0))
         elif crit == "logits":
             kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
             gram = (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)  # (B, H, d, d)
@@ -187,14 +205,51 @@ class SNPStatistics:
         was_training = self.model.training
         self.model.eval()
         try:
+            rounds = QK_ROUNDS if self.criteria["qk"] == "attention_iterative" else 1
             with self:
-                for pixel_values in tqdm(batches, desc="SNP calibration", unit="batch", disable=not show_progress):
-                    self.model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+                for round_idx in range(rounds):
+                    self._qk_only = round_idx > 0
+                    desc = "SNP calibration" + (f" (pass {round_idx + 1}/{rounds})" if rounds > 1 else "")
+                    for pixel_values in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+                        self.model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+                    if rounds > 1:
+                        self._remove_weakest_pairs(round_idx, last=round_idx == rounds - 1)
         finally:
+            self._qk_only = False
             self.model.train(was_training)
         if self.num_images == 0:
             raise ValueError("The calibration data yielded no images; give a non-empty calibration dataset.")
         return self
+
+    def _remove_weakest_pairs(self, round_idx: int, last: bool) -> None:
+        """attention_iterative: after a pass, keep the strongest 1/2^(round+1) pairs of every head (all removed in
+        the last pass) and turn the pass's scores into the final ones (see `_iterative_scores`)."""
+        for stats in self.layers:
+            score = stats.sums.pop("qk").double().view(stats.dims.num_heads, -1)
+            dim = score.shape[1]
+            keep = 0 if last else max(1, dim >> (round_idx + 1))
+            for h in range(score.shape[0]):
+                alive = stats.qk_kept[h].nonzero().flatten()
+                order = alive[torch.argsort(score[h, alive], stable=True)]  # weakest first
+                for i in order[: len(alive) - keep].tolist():
+                    stats.qk_kept[h, i] = False
+                    stats.qk_removed_at[h, i] = round_idx
+                    stats.qk_removed_score[h, i] = score[h, i]
+
+    @staticmethod
+    def _iterative_scores(stats: _LayerStats, n: float) -> torch.Tensor:
+        """Increasing along the removal order (pass, then score within the pass): sorting gives that order."""
+        scores = torch.empty_like(stats.qk_removed_score)
+        for h in range(scores.shape[0]):
+            order = sorted(
+                range(scores.shape[1]),
+                key=lambda i: (int(stats.qk_removed_at[h, i]), float(stats.qk_removed_score[h, i])),
+            )
+            best = 0.0
+            for i in order:
+                best = max(float(stats.qk_removed_score[h, i]) / n, best + abs(best) * 1e-6 + 1e-30)
+                scores[h, i] = best
+        return scores
 
     # ---- scores -----------------------------------------------------------------------------------------
     def scores(self, seed: int = 0) -> GroupScores:
@@ -216,6 +271,8 @@ class SNPStatistics:
                     continue
                 if crit in fallback:
                     entry[group] = getattr(fallback[crit].layers[idx], group)
+            if "qk" not in entry and self.criteria["qk"] == "attention_iterative":
+                entry["qk"] = self._iterative_scores(stats, n).float()
             if "qk" not in entry and "qk_gram" in stats.sums:
                 entry["qk"] = greedy_removal_scores(stats.sums["qk_gram"] / n).float()
             if "qk" not in entry:
@@ -270,7 +327,7 @@ def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
             increase = (g.diagonal() + 2 * cross).masked_fill(removed, float("inf"))
             victim = int(torch.argmin(increase))
             # strictly increasing along the order, so that ties cannot reorder units
-            best_so_far = max(float(increase[victim]), best_so_far + abs(best_so_far) * 1e-9 + 1e-300)
+            best_so_far = max(float(increase[victim]), best_so_far + abs(best_so_far) * 1e-6 + 1e-30)
             scores[h, victim] = best_so_far
             removed[victim] = True
             cross += g[:, victim]
