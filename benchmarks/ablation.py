@@ -34,7 +34,7 @@ from optimum_snp import SNPConfig, SNPPruner  # noqa: E402
 from optimum_snp.calibration import preprocess_images  # noqa: E402
 
 
-QK_CRITERIA = ["attention", "attention_iterative", "logits", "qk_norm", "svd", "magnitude", "random"]
+QK_CRITERIA = ["attention", "attention_kl", "logits", "magnitude"]
 ALLOCATIONS = ["uniform", "scores", "validated"]
 RECONSTRUCTIONS = ["none", "bias", "least_squares"]
 RIDGES = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from .models.configuration_snp import SNPConfigMixin, SNPDeiTConfig, SNPViTConfig
@@ -135,8 +136,14 @@ class ViTAdapter:
         return [("o_proj", "v"), ("fc2", "mlp")]
 
     def model_inputs(self, batch) -> dict:
-        """Keyword arguments of the model's forward for one calibration batch."""
-        return dict(batch) if isinstance(batch, dict) else {"pixel_values": batch}
+        """Keyword arguments of the model's forward for one calibration batch, on the model's device (floating
+        inputs in the model's dtype)."""
+        param = next(self.model.parameters())
+        inputs = dict(batch) if isinstance(batch, dict) else {"pixel_values": batch}
+        return {
+            k: v.to(param.device, dtype=param.dtype if v.is_floating_point() else None) if torch.is_tensor(v) else v
+            for k, v in inputs.items()
+        }
 
     def classifier_modules(self) -> list[nn.Linear]:
         return [getattr(self.model, name) for name in self.classifier_names.get(self.class_name, ())]

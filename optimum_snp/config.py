@@ -14,7 +14,18 @@ SNP_CONFIG_NAME = "snp_config.json"
 GROUPS = ("qk", "v", "mlp", "hidden", "heads")
 # criterion names per group; "snp" is the shipped default of each group (chosen by benchmarks/ablation.py)
 CRITERIA = {
-    "qk": ("snp", "attention", "attention_iterative", "logits", "svd", "svd_centered", "qk_norm", "magnitude", "random"),
+    "qk": (
+        "snp",
+        "attention",
+        "attention_iterative",
+        "attention_kl",
+        "logits",
+        "svd",
+        "svd_centered",
+        "qk_norm",
+        "magnitude",
+        "random",
+    ),
     "v": ("snp", "contribution", "redundancy", "redundancy_only", "magnitude", "random"),
     "mlp": ("snp", "contribution", "magnitude", "random"),
     "hidden": ("snp", "contribution", "magnitude", "random"),
@@ -23,7 +34,7 @@ CRITERIA = {
 # what "snp" means for each group: the winner of benchmarks/ablation.py (README). Hidden channels and whole heads
 # are not SNP's own criteria; there the weight magnitude measured better than the activation contribution.
 SNP_DEFAULTS = {
-    "qk": "attention",
+    "qk": "attention_kl",
     "v": "contribution",
     "mlp": "contribution",
     "hidden": "magnitude",

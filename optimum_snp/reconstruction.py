@@ -240,7 +240,7 @@ def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tenso
     outputs: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
 
     def record(key):
-        return lambda module, inp, out: outputs[key].append(out.detach().index_select(-1, hidden))
+        return lambda module, inp, out: outputs[key].append(out.detach().index_select(-1, hidden.to(out.device)))
 
     handles = [module.register_forward_hook(record(key)) for key, module in modules.items()]
     try:

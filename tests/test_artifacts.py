@@ -36,7 +36,9 @@ def results_of(folder) -> dict:
 @pytest.fixture
 def pruned():
     pruner = SNPPruner(tiny_model("deit"))
-    model = pruner.prune(SNPConfig(qk_ratio=0.5, mlp_ratio=0.25, criterion="magnitude", reconstruct="none"), show_progress=False)
+    model = pruner.prune(
+        SNPConfig(qk_ratio=0.5, mlp_ratio=0.25, criterion="magnitude", reconstruct="none"), show_progress=False
+    )
     return pruner, model
 
 

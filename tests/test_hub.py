@@ -213,7 +213,16 @@ def test_cli_push_to_hub(hub, tmp_path):
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     env.pop("HF_HUB_OFFLINE", None)
-    args = ["--model", str(tmp_path / "model"), "--criterion", "magnitude", "--reconstruct", "none", "--qk-ratio", "0.5"]
+    args = [
+        "--model",
+        str(tmp_path / "model"),
+        "--criterion",
+        "magnitude",
+        "--reconstruct",
+        "none",
+        "--qk-ratio",
+        "0.5",
+    ]
     args += ["--output-dir", str(tmp_path / "out"), "--no-progress", "--push-to-hub", "cli-pushed"]
     result = subprocess.run(
         [sys.executable, "-m", "optimum_snp", *args], capture_output=True, text=True, timeout=300, env=env

@@ -117,7 +117,11 @@ def test_image_classification_pipeline(tmp_path):
     from optimum_snp.embedded import digits_dataset
 
     pruner = SNPPruner(tiny_model("vit", num_labels=10))
-    pruned = pruner.prune(SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), save_dir=tmp_path / "m", show_progress=False)
+    pruned = pruner.prune(
+        SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"),
+        save_dir=tmp_path / "m",
+        show_progress=False,
+    )
     pipe = pipeline("image-classification", model=str(tmp_path / "m"), top_k=3)
     image = digits_dataset()["test"][0]["image"]
     predictions = pipe(image)

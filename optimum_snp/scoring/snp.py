@@ -14,6 +14,11 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
                     passes; after pass r the weakest pairs of every head are removed (down to 1/2, 1/4, ... of the
                     dims) and the next pass scores the rest with the attention recomputed without them. A pair's
                     score is its score in the pass that removed it, made increasing along the removal order.
+    "attention_kl"  the second-order KL of every attention row when a SET R of pairs is removed (softmax's Fisher
+                    metric): KL(A_t || A'_t) ~ 1/2 Var_{u ~ A_t}[dS_tu], dS = -s sum_{i in R} q_i k_i^T, so
+                    E(R) = 1_R^T M 1_R with M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) (a d x d matrix per
+                    head, summed over images; at most QUERY_SAMPLE query rows per image); pairs removed greedily, as
+                    for "logits".
     "logits"        the change of the row-centred logits when a SET R of pairs is removed, exactly:
                     E(R) = s^2 ||sum_{i in R} q_i (k_i - mean_u k_i)^T||_F^2 = s^2 1_R^T (Q^T Q * Kc^T Kc) 1_R,
                     summed over images (a d x d matrix per head); pairs are removed greedily, each time the one
@@ -44,6 +49,7 @@ def _col_sq_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().pow(2).sum(0)
 
 
+QUERY_SAMPLE = 64  # query rows per image used by "attention_kl" (all of them when there are fewer)
 QK_ROUNDS = 3  # calibration passes of the "attention_iterative" query/key criterion
 
 
@@ -155,7 +161,15 @@ class SNPStatistics:
             out = inputs[0].detach().float()  # (B, N, H * d_v): column (h, i) is A_h v_i
             self._check_finite(out, f"layer {idx} attention")
             batch, tokens = out.shape[:2]
-            if self.criteria["qk"] in ("attention", "attention_iterative", "svd", "svd_centered", "qk_norm", "logits"):
+            if self.criteria["qk"] in (
+                "attention",
+                "attention_iterative",
+                "attention_kl",
+                "svd",
+                "svd_centered",
+                "qk_norm",
+                "logits",
+            ):
                 self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
             stats.q = stats.k = None
             if self._qk_only:
@@ -188,6 +202,8 @@ class SNPStatistics:
         elif crit == "attention_iterative":
             kept = stats.qk_kept.to(q.device, q.dtype)[None, :, None, :]  # (1, H, 1, d)
             stats.add("qk", attention_change_scores(q * kept, k * kept, scaling).sum(0))
+        elif crit == "attention_kl":
+            stats.add("qk_gram", attention_kl_gram(q, k, scaling, QUERY_SAMPLE).sum(0))
         elif crit == "logits":
             kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
             gram = (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)  # (B, H, d, d)
@@ -306,6 +322,27 @@ class SNPStatistics:
         crit = self.criteria["hidden"]
         hidden = fallback[crit].hidden if crit in fallback else (self.hidden_sum / n).sqrt().float()
         return GroupScores(hidden=hidden, layers=layers)
+
+
+def attention_kl_gram(q: torch.Tensor, k: torch.Tensor, scaling: float, max_queries: int | None = None):
+    """M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) per head: 1_R^T M 1_R is twice the second-order KL of the
+    attention rows when the pairs R are removed. q, k: (B, H, N, d). With `max_queries`, an evenly spaced subset of
+    that many query rows (scaled up to all N). Returns (B, H, d, d)."""
+    tokens = q.shape[-2]
+    probs = (scaling * q @ k.transpose(-1, -2)).softmax(-1)  # (B, H, N, N)
+    scale = 1.0
+    if max_queries is not None and tokens > max_queries:
+        rows = torch.linspace(0, tokens - 1, max_queries, device=q.device).round().long()
+        q, probs = q[..., rows, :], probs[..., rows, :]
+        scale = tokens / max_queries
+    mean_k = probs @ k  # (B, H, T, d): E_{A_t}[k]
+    second = torch.zeros(*q.shape[:2], q.shape[-1], q.shape[-1], dtype=q.dtype, device=q.device)
+    for t in range(q.shape[-2]):  # sum_t q_t q_t^T * (K^T diag(A_t) K), one query row at a time (memory)
+        weighted = k * probs[..., t, :, None]  # (B, H, N, d)
+        second += (weighted.transpose(-1, -2) @ k) * (q[..., t, :, None] * q[..., t, None, :])
+    qm = q * mean_k
+    first = qm.transpose(-1, -2) @ qm
+    return (scaling**2) * scale * (second - first)
 
 
 def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
