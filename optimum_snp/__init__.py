@@ -7,6 +7,7 @@ from .accounting import ModelSize, model_size, model_size_of
 from .adapters import DeiTAdapter, LayerDims, ViTAdapter, get_adapter, supported_model_classes
 from .artifacts import record_results
 from .config import SNPConfig
+from .gradual import GradualPruningCallback, gradual_prune
 from .hub import HubPushError, push_pruned_model
 from .models import (
     SNPDeiTConfig,
@@ -36,6 +37,8 @@ __all__ = [
     "push_pruned_model",
     "record_results",
     "SNPDistillationTrainer",
+    "GradualPruningCallback",
+    "gradual_prune",
     "SNPTrainingArguments",
     "plan_from_kept_dims",
     "ModelSize",

@@ -241,7 +241,6 @@ class GradualPruningCallback(TrainerCallback):
         self._original = None  # (macs, params, hidden_size, layer dims, base model, results) when training starts
         self._plan: PruningPlan | None = None
         self._targets: list[float] = []
-        self._prune_on_cpu = False
 
     # ---- schedule -------------------------------------------------------------------------------------------
     @property
@@ -368,41 +367,15 @@ class GradualPruningCallback(TrainerCallback):
         return record
 
     def _prune(self, model: nn.Module, step_config: SNPConfig) -> tuple[SNPPruner, nn.Module]:
-        """`SNPPruner(model).prune(step_config)` where the model is; when that fails on an accelerator (the pruner's
-        reconstruction feeds it CPU calibration batches), on the CPU for this and later steps, the result moved back."""
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-
-        def prune():
-            pruner = SNPPruner(model, image_processor=self.image_processor)
-            pruned = pruner.prune(
-                step_config,
-                calibration_dataset=self.calibration_dataset,
-                split=self.split,
-                show_progress=self.show_progress,
-            )
-            return pruner, pruned
-
-        if device.type != "cpu" and not self._prune_on_cpu:
-            try:
-                return prune()
-            except RuntimeError as err:  # a genuine error comes back on the CPU too
-                warnings.warn(
-                    f"SNPPruner failed on {device} ({str(err).splitlines()[0]}); gradual pruning scores and "
-                    "reconstructs on the CPU instead.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                self._prune_on_cpu = True
-        if device.type == "cpu":
-            return prune()
-        model.to("cpu")  # the old parameters, replaced right after
-        try:
-            pruner, pruned = prune()
-        except BaseException:
-            model.to(device)
-            raise
-        return pruner, pruned.to(device)
+        """`SNPPruner(model).prune(step_config)`, on the device the model is on."""
+        pruner = SNPPruner(model, image_processor=self.image_processor)
+        pruned = pruner.prune(
+            step_config,
+            calibration_dataset=self.calibration_dataset,
+            split=self.split,
+            show_progress=self.show_progress,
+        )
+        return pruner, pruned
 
     def _attach_info(self, model: nn.Module) -> None:
         original = self._original

@@ -56,7 +56,8 @@ def test_entry_points_prune_a_local_model(workspace, tmp_path, command):
         args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "top-1 pruned (no fine-tuning)" in result.stdout and "qk=svd" in result.stdout
+    assert "top-1 pruned, no reconstruction" in result.stdout and "qk=svd" in result.stdout
+    assert "top-1 pruned (least_squares reconstruction, no fine-tuning)" in result.stdout
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.num_heads_per_layer == [3, 3, 3]
     assert {"snp_config.json", "pruning_report.json", "preprocessor_config.json"} <= set(os.listdir(out))
@@ -152,12 +153,14 @@ def test_embedded_default(monkeypatch, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert status == 0, printed
-    assert "top-1 original" in printed and "top-1 pruned (no fine-tuning)" in printed and "top-1 fine-tuned" in printed
+    assert "top-1 original" in printed and "top-1 fine-tuned" in printed
+    assert "top-1 pruned, no reconstruction" in printed and "top-1 pruned (least_squares reconstruction" in printed
     from huggingface_hub import metadata_load
 
     card = metadata_load(tmp_path / "out" / "README.md")
     names = [m["name"] for r in card["model-index"][0]["results"] for m in r["metrics"]]
-    assert len(names) >= 3 and any("fine-tuning" in n for n in names), names
+    assert len(names) >= 4 and any("fine-tuning" in n for n in names), names
+    assert any("before reconstruction" in n for n in names), names
     report_macs = [line for line in printed.splitlines() if line.startswith("MACs")][0]
     kept = float(report_macs.split("(")[1].split("%")[0]) / 100
     assert 0.49 <= kept <= 0.51
