@@ -34,7 +34,16 @@ from optimum_snp import SNPConfig, SNPPruner  # noqa: E402
 from optimum_snp.calibration import preprocess_images  # noqa: E402
 
 
-QK_CRITERIA = ["attention", "attention_kl", "logits", "magnitude"]
+QK_CRITERIA = [
+    "validated",
+    "attention",
+    "attention_kl",
+    "attention_iterative",
+    "logits",
+    "qk_norm",
+    "svd",
+    "magnitude",
+]
 ALLOCATIONS = ["uniform", "scores", "validated"]
 RECONSTRUCTIONS = ["none", "bias", "least_squares"]
 RIDGES = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -65,13 +74,17 @@ class Evaluator:
         return {"top1": self._top1(logits), "kl": kl}
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+def table(title: str, header: list[str], rows=()) -> None:
+    """Prints a markdown table's title and header, then any `rows` (more can follow with `row`)."""
     print(f"### {title}\n")
     print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print(flush=True)
+    print("|" + "---|" * len(header), flush=True)
+    for cells in rows:
+        row(cells)
+
+
+def row(cells: list[str]) -> None:
+    print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def cell(result: dict) -> str:
@@ -98,6 +111,7 @@ class Bench:
         result["seconds"] = time.perf_counter() - start
         result["macs"] = self.pruner.report["macs"]["ratio"]
         result["chosen"] = self.pruner.report.get("allocation", {}).get("chosen")
+        result["qk"] = self.pruner.report["criteria"]["qk"]
         return result
 
 
@@ -105,22 +119,25 @@ def qk_table(benches: list[Bench]) -> None:
     levels = (0.5, 0.75)
     for reconstruct in ("none", "least_squares"):
         header = ["model", "criterion"] + [f"{p:.0%} removed: top-1 / KL" for p in levels]
-        rows = []
+        table(f"Query/key pruned alone, reconstruct={reconstruct} (top-1 zero-shot / logit KL)", header)
         for bench in benches:
             for criterion in QK_CRITERIA:
-                cells = [
-                    cell(bench.run(criterion={"qk": criterion}, qk_ratio=p, reconstruct=reconstruct)) for p in levels
-                ]
-                rows.append([bench.label, criterion, *cells])
-        table(f"Query/key pruned alone, reconstruct={reconstruct} (top-1 zero-shot / logit KL)", header, rows)
+                results = [bench.run(criterion={"qk": criterion}, qk_ratio=p, reconstruct=reconstruct) for p in levels]
+                cells = [cell(r) + (f" ({r['qk']})" if criterion == "validated" else "") for r in results]
+                row([bench.label, criterion, *cells])
+        print()
 
 
 def main_table(benches: list[Bench], criteria=("snp", "magnitude")) -> None:
     keeps = (0.5, 0.3)
     header = ["model", "allocation", "criterion", "reconstruct"] + [f"{k:.0%} MACs: top-1 / KL" for k in keeps]
-    rows = []
+    table(
+        "All groups, automatic MACs targets (top-1 zero-shot / logit KL; in brackets what 'validated' chose: query/key "
+        "criterion, allocation)",
+        header,
+    )
     for bench in benches:
-        rows.append([bench.label, "unpruned", "-", "-", f"{bench.evaluator.top1:.1%}", ""])
+        row([bench.label, "unpruned", "-", "-", f"{bench.evaluator.top1:.1%}", ""])
         for allocation in ALLOCATIONS:
             for criterion in criteria:
                 for reconstruct in RECONSTRUCTIONS:
@@ -129,21 +146,21 @@ def main_table(benches: list[Bench], criteria=("snp", "magnitude")) -> None:
                         r = bench.run(
                             target_macs_ratio=keep, allocation=allocation, criterion=criterion, reconstruct=reconstruct
                         )
-                        chosen = f" ({r['chosen']})" if allocation == "validated" else ""
-                        cells.append(cell(r) + chosen)
-                    rows.append([bench.label, allocation, criterion, reconstruct, *cells])
-    table(
-        "All groups, automatic MACs targets (top-1 zero-shot / logit KL; validated: the candidate chosen)",
-        header,
-        rows,
-    )
+                        cells.append(cell(r) + choice(r, criterion == "snp", allocation == "validated"))
+                    row([bench.label, allocation, criterion, reconstruct, *cells])
+    print()
+
+
+def choice(r: dict, qk: bool = True, allocation: bool = True) -> str:
+    parts = ([r["qk"]] if qk else []) + ([r["chosen"]] if allocation else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def ridge_table(benches: list[Bench]) -> None:
     header = ["model", "ridge"] + [
         f"{k:.0%} MACs ({a}): top-1 / KL" for k in (0.5, 0.3) for a in ("uniform", "validated")
     ]
-    rows = []
+    table("Least-squares ridge (relative to mean diag(X^T X))", header)
     for bench in benches:
         for ridge in RIDGES:
             cells = [
@@ -151,29 +168,30 @@ def ridge_table(benches: list[Bench]) -> None:
                 for k in (0.5, 0.3)
                 for a in ("uniform", "validated")
             ]
-            rows.append([bench.label, f"{ridge:g}", *cells])
-    table("Least-squares ridge (relative to mean diag(X^T X))", header, rows)
+            row([bench.label, f"{ridge:g}", *cells])
+    print()
 
 
 def goals_table(benches: list[Bench]) -> None:
-    header = ["model", "unpruned", "50% MACs default", "gap", "30% MACs default", "gap", "uniform 50% / 30%"]
-    rows = []
+    header = ["model", "unpruned", "50% MACs: default", "gap", "uniform", "30% MACs: default", "gap", "uniform"]
+    table(
+        "Shipped default (SNPConfig(target_macs_ratio=k), nothing else set; in brackets what it chose) against "
+        "allocation='uniform' with the same criteria and reconstruction, zero-shot top-1",
+        header,
+    )
     for bench in benches:
         base = bench.evaluator.top1
-        default = [bench.run(target_macs_ratio=k) for k in (0.5, 0.3)]
-        uniform = [bench.run(target_macs_ratio=k, allocation="uniform") for k in (0.5, 0.3)]
-        rows.append(
-            [
-                bench.label,
-                f"{base:.1%}",
-                f"{default[0]['top1']:.1%} ({default[0]['chosen']})",
-                f"{(default[0]['top1'] - base) * 100:+.1f} pt",
-                f"{default[1]['top1']:.1%} ({default[1]['chosen']})",
-                f"{(default[1]['top1'] - base) * 100:+.1f} pt",
-                f"{uniform[0]['top1']:.1%} / {uniform[1]['top1']:.1%}",
+        cells = [bench.label, f"{base:.1%}"]
+        for keep in (0.5, 0.3):
+            default = bench.run(target_macs_ratio=keep)
+            uniform = bench.run(target_macs_ratio=keep, allocation="uniform")
+            cells += [
+                f"{default['top1']:.1%}{choice(default)}",
+                f"{(default['top1'] - base) * 100:+.1f} pt",
+                f"{uniform['top1']:.1%}",
             ]
-        )
-    table("Shipped default (SNPConfig(target_macs_ratio=k), nothing else set), zero-shot", header, rows)
+        row(cells)
+    print()
 
 
 def main(argv=None) -> int:

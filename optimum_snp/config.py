@@ -34,7 +34,7 @@ CRITERIA = {
 # what "snp" means for each group: the winner of benchmarks/ablation.py (README). Hidden channels and whole heads
 # are not SNP's own criteria; there the weight magnitude measured better than the activation contribution.
 SNP_DEFAULTS = {
-    "qk": "attention_kl",
+    "qk": "validated",  # attention_kl or magnitude, whichever keeps the logits closer on held-out images
     "v": "contribution",
     "mlp": "contribution",
     "hidden": "magnitude",

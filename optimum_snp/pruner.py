@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from .config import ALLOCATION_EXPONENTS, SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
 from .reconstruction import reconstruct
+from .scoring import magnitude_scores
 from .scoring.snp import snp_scores
 from .slicing import apply_plan
 from .utils import atomic_directory
@@ -94,7 +96,7 @@ class SNPPruner:
                     f"{' and '.join(needs)} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
                     "a dataset name or a folder of images), or use criterion='magnitude' and reconstruct='none'."
                 )
-            validate = config.has_target and config.allocation == "validated" and config.num_validation_samples > 0
+            validate = config.num_validation_samples > 0 and _has_choices(config, criteria)
             batches = calibration_batches(
                 calibration_dataset,
                 self.image_processor,
@@ -107,33 +109,54 @@ class SNPPruner:
             )
             if validate:
                 batches, held_out = _split_batches(batches, config.num_calibration_samples)
+        scoring_criteria = {**criteria, "qk": "attention_kl"} if criteria["qk"] == "validated" else criteria
         scores = snp_scores(
-            self.model, batches, criteria, qk_rank=config.qk_rank, seed=config.seed, show_progress=show_progress
+            self.model,
+            batches,
+            scoring_criteria,
+            qk_rank=config.qk_rank,
+            seed=config.seed,
+            show_progress=show_progress,
         )
         scored = time.perf_counter()
 
+        # query/key scores to choose among ('validated': SNP's attention criterion and weight magnitude)
+        qk_variants = {criteria["qk"]: scores}
+        if criteria["qk"] == "validated":
+            magnitude = magnitude_scores(self.model)
+            qk_variants = {
+                "attention_kl": scores,
+                "magnitude": replace(
+                    scores,
+                    layers=[replace(ls, qk=m.qk) for ls, m in zip(scores.layers, magnitude.layers, strict=True)],
+                ),
+            }
         candidates = self._candidate_dims(config, ratios, scores)
+        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], adapter.layer_dims(), strict=True)):
+            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
         reference = None
-        if len(candidates) > 1:
+        if len(candidates) > 1 or len(qk_variants) > 1:
             if not held_out and batches:
                 warnings.warn(
-                    "No calibration images were left to hold out for allocation='validated' (the dataset has at most "
-                    f"num_calibration_samples={config.num_calibration_samples}); candidates are compared on the "
-                    "calibration images themselves.",
+                    "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
+                    f"dataset has at most num_calibration_samples={config.num_calibration_samples}); candidates are "
+                    "compared on the calibration images themselves.",
                     UserWarning,
                     stacklevel=2,
                 )
             held_out = held_out or batches
             if not held_out:
                 raise ValueError(
-                    "allocation='validated' compares candidate allocations on calibration images; pass "
-                    "`calibration_dataset`, or use allocation='scores' or 'uniform'."
+                    "allocation='validated' and the 'validated' query/key criterion compare candidates on calibration "
+                    "images; pass `calibration_dataset`, or use allocation='scores' or 'uniform' and "
+                    "criterion='magnitude'."
                 )
             reference = _outputs(self.model, held_out)
-        chosen, tried, reconstructed_s = None, [], 0.0
-        for name, kept_hidden, kept_dims in candidates:
-            plan = plan_from_kept_dims(scores, kept_hidden, kept_dims)
-            plan.metadata.update(criteria=criteria, snp_config=config.to_dict())
+        tried, timing = [], {"reconstruction": 0.0}
+
+        def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
+            plan = plan_from_kept_dims(group_scores, kept_hidden, kept_dims)
+            plan.metadata.update(criteria={**criteria, "qk": qk_name}, snp_config=config.to_dict())
             pruned = apply_plan(self.model, plan)
             sliced = time.perf_counter()
             reconstruction = reconstruct(
@@ -143,24 +166,34 @@ class SNPPruner:
                 batches,
                 mode=config.reconstruct,
                 ridge=config.ridge,
-                show_progress=show_progress and len(candidates) == 1,
+                show_progress=show_progress and reference is None,
             )
-            reconstructed_s += time.perf_counter() - sliced
-            divergence = (
-                _divergence(reference, _outputs(pruned, held_out), plan.hidden) if reference is not None else None
-            )
-            tried.append({"allocation": name, "divergence": divergence, "macs": model_size_of(pruned).macs})
-            if chosen is None or divergence < chosen[0]:
-                chosen = (divergence, name, plan, pruned, reconstruction)
-        _, allocation, plan, pruned, reconstruction = chosen
+            timing["reconstruction"] += time.perf_counter() - sliced
+            divergence = None
+            if reference is not None:
+                divergence = _divergence(reference, _outputs(pruned, held_out), plan.hidden)
+            entry = {"qk_criterion": qk_name, "allocation": name, "divergence": divergence}
+            tried.append({**entry, "macs": model_size_of(pruned).macs})
+            return divergence, entry, plan, pruned, reconstruction
+
+        # 1. the query/key criterion, on the first allocation (uniform, or the given ratios); 2. the allocation
+        results = [evaluate(qk, qk_scores, *candidates[0]) for qk, qk_scores in qk_variants.items()]
+        best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
+        qk_name = best[1]["qk_criterion"]
+        if len(candidates) > 1:
+            candidates = self._candidate_dims(config, ratios, qk_variants[qk_name])
+            results = [best] + [evaluate(qk_name, qk_variants[qk_name], *c) for c in candidates[1:]]
+            best = min(results, key=lambda r: r[0])
+        _, chosen, plan, pruned, reconstruction = best
         done = time.perf_counter()
+        criteria = {**criteria, "qk": chosen["qk_criterion"]}
 
         self.plan = plan
         self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
-        self.report["seconds"]["reconstruction"] = round(reconstructed_s, 3)
+        self.report["seconds"]["reconstruction"] = round(timing["reconstruction"], 3)
         self.report["reconstruction"] = reconstruction
-        self.report["allocation"] = {"chosen": allocation, "candidates": tried}
-        if held_out is not None and reference is not None:
+        self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
+        if reference is not None:
             self.report["allocation"]["num_validation_images"] = sum(len(b) for b in held_out)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
@@ -283,6 +316,14 @@ class SNPPruner:
             pruned.save_pretrained(tmp)
         logger.info("Saved the pruned model to %s", target)
         return target
+
+
+def _has_choices(config: SNPConfig, criteria: dict) -> bool:
+    """Whether prune() will compare candidates on held-out images (allocation and/or query/key criterion)."""
+    if config.has_target and config.allocation == "validated":
+        return True
+    qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
+    return criteria["qk"] == "validated" and qk_pruned
 
 
 def _split_batches(batches: list, count: int) -> tuple[list, list]:

@@ -294,3 +294,27 @@ def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, ke
     for candidate in allocation["candidates"]:
         assert keep * 0.97 <= candidate["macs"] / original <= keep * 1.001, candidate
     assert model_size_of(pruned).macs == best["macs"]
+
+
+def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude(data):
+    model = tiny_model("vit", seed=4)
+    pruner = SNPPruner.from_pretrained(model)
+    config = SNPConfig(qk_ratio=0.5, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    pruner.prune(config, calibration_dataset=data, show_progress=False)
+    tried = pruner.report["allocation"]["candidates"]
+    assert [c["qk_criterion"] for c in tried] == ["attention_kl", "magnitude"]
+    best = min(tried, key=lambda c: c["divergence"])
+    assert pruner.report["criteria"]["qk"] == best["qk_criterion"]
+    assert pruner.plan.metadata["criteria"]["qk"] == best["qk_criterion"]
+    # the chosen plan is the one that criterion gives on its own
+    alone = SNPPruner.from_pretrained(model)
+    alone.prune(
+        SNPConfig(qk_ratio=0.5, num_calibration_samples=16, batch_size=8, criterion={"qk": best["qk_criterion"]}),
+        calibration_dataset=data,
+        show_progress=False,
+    )
+    assert [lp.qk for lp in alone.plan.layers] == [lp.qk for lp in pruner.plan.layers]
+    # nothing to choose when query/key is not pruned: no held-out pass
+    pruner.prune(SNPConfig(mlp_ratio=0.5, num_calibration_samples=16, batch_size=8), data, show_progress=False)
+    assert len(pruner.report["allocation"]["candidates"]) == 1
+    assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
