@@ -10,6 +10,7 @@ Tables:
     main     all groups, 50% and 30% of the MACs kept: allocation {uniform, scores, validated} x criterion {snp,
              magnitude} x reconstruction {none, bias, least_squares}
     ridge    the least-squares ridge (tune models only)
+    groups   value dims, MLP units, heads pruned alone: criteria, with the default reconstruction
     goals    the shipped default against the goals of issue 9, per model
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
@@ -128,6 +129,26 @@ def qk_table(benches: list[Bench]) -> None:
         print()
 
 
+GROUP_CRITERIA = {
+    "v": ["contribution", "redundancy", "magnitude"],
+    "mlp": ["contribution", "magnitude"],
+    "heads": ["contribution", "magnitude"],
+}
+
+
+def groups_table(benches: list[Bench]) -> None:
+    """Value dims, MLP units, whole heads pruned alone: the criteria of each, with the default reconstruction."""
+    for group, criteria in GROUP_CRITERIA.items():
+        levels = (0.25, 0.5) if group == "heads" else (0.5, 0.75)
+        header = ["model", "criterion"] + [f"{p:.0%} removed: top-1 / KL" for p in levels]
+        table(f"{group} pruned alone, reconstruct=least_squares (top-1 zero-shot / logit KL)", header)
+        for bench in benches:
+            for criterion in criteria:
+                cells = [cell(bench.run(criterion={group: criterion}, **{f"{group}_ratio": p})) for p in levels]
+                row([bench.label, criterion, *cells])
+        print()
+
+
 def main_table(benches: list[Bench], criteria=("snp", "magnitude")) -> None:
     keeps = (0.5, 0.3)
     header = ["model", "allocation", "criterion", "reconstruct"] + [f"{k:.0%} MACs: top-1 / KL" for k in keeps]
@@ -212,7 +233,7 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: " + ", ".join(b.label for b in benches)
     )
     print()
-    tables = {"goals": goals_table, "qk": qk_table, "main": main_table, "ridge": ridge_table}
+    tables = {"goals": goals_table, "qk": qk_table, "main": main_table, "ridge": ridge_table, "groups": groups_table}
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]
         if chosen:

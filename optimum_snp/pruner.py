@@ -120,7 +120,7 @@ class SNPPruner:
         )
         scored = time.perf_counter()
 
-        # query/key scores to choose among ('validated': SNP's attention criterion and weight magnitude)
+        # query/key scores to choose among ('validated': SNP's second-order attention criterion, or weight magnitude)
         qk_variants = {criteria["qk"]: scores}
         if criteria["qk"] == "validated":
             magnitude = magnitude_scores(self.model)
@@ -176,14 +176,14 @@ class SNPPruner:
             tried.append({**entry, "macs": model_size_of(pruned).macs})
             return divergence, entry, plan, pruned, reconstruction
 
-        # 1. the query/key criterion, on the first allocation (uniform, or the given ratios); 2. the allocation
-        results = [evaluate(qk, qk_scores, *candidates[0]) for qk, qk_scores in qk_variants.items()]
+        # 1. the allocation (dims per layer, from SNP's scores); 2. for the chosen dims, the query/key criterion that
+        # picks which pairs each head keeps
+        names = list(qk_variants)
+        results = [evaluate(names[0], qk_variants[names[0]], *c) for c in candidates]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
-        qk_name = best[1]["qk_criterion"]
-        if len(candidates) > 1:
-            candidates = self._candidate_dims(config, ratios, qk_variants[qk_name])
-            results = [best] + [evaluate(qk_name, qk_variants[qk_name], *c) for c in candidates[1:]]
-            best = min(results, key=lambda r: r[0])
+        dims = next(c for c in candidates if c[0] == best[1]["allocation"])
+        results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
+        best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         _, chosen, plan, pruned, reconstruction = best
         done = time.perf_counter()
         criteria = {**criteria, "qk": chosen["qk_criterion"]}
