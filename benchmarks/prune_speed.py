@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reconstruct", default="least_squares", choices=["least_squares", "bias", "none"])
     parser.add_argument("--allocation", default="validated", choices=["validated", "scores", "uniform"])
     parser.add_argument("--criterion", default="snp")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda: the model (and pruning) on that device")
     args = parser.parse_args(argv)
 
     from transformers import DeiTForImageClassification
@@ -50,7 +51,12 @@ def main(argv=None) -> int:
     from optimum_snp.paper import deit_config
 
     torch.manual_seed(0)
-    model = DeiTForImageClassification(deit_config(args.size)).eval()
+    model = DeiTForImageClassification(deit_config(args.size)).eval().to(args.device)
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     data = digits_images(args.images)
     pruner = SNPPruner.from_pretrained(model)
     batches = calibration_batches(
@@ -58,10 +64,12 @@ def main(argv=None) -> int:
     )
 
     def forward() -> float:
+        sync()
         start = time.perf_counter()
         with torch.inference_mode():
             for pixel_values in batches:
-                model(pixel_values=pixel_values)
+                model(pixel_values=pixel_values.to(args.device))
+        sync()
         return time.perf_counter() - start
 
     forward()  # warm-up (allocator, kernels), not timed
@@ -78,16 +86,19 @@ def main(argv=None) -> int:
         config = SNPConfig.from_ratio_table(args.ratio_table, **common)
     else:
         config = SNPConfig(target_macs_ratio=args.target_macs_ratio, **common)
+    sync()
     start = time.perf_counter()
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
+    sync()
     t_prune = time.perf_counter() - start
     rss_prune = peak_rss_gib()
     t_forward_2 = forward()
     t_forward = (t_forward_1 + t_forward_2) / 2
 
     size_before, size_after = model_size_of(model), model_size_of(pruned)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}, python {sys.version.split()[0]}"
     )
     print(
@@ -107,6 +118,8 @@ def main(argv=None) -> int:
         f"{t_prune / t_forward:.2f} | {rss_forward:.2f} GiB | "
         f"{rss_prune:.2f} GiB |"
     )
+    if args.device.startswith("cuda"):
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     return 0
 
 
