@@ -16,6 +16,7 @@ GROUPS = ("qk", "v", "mlp", "hidden", "heads")
 CRITERIA = {
     "qk": (
         "snp",
+        "validated",
         "attention",
         "attention_iterative",
         "attention_kl",

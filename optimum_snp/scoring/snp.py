@@ -74,6 +74,8 @@ class SNPStatistics:
     def __init__(self, model: nn.Module, criteria: dict[str, str], qk_rank: int = 4):
         self.model = model
         self.adapter = get_adapter(model)
+        if criteria.get("qk") == "validated":  # the pruner compares it with magnitude; the statistic is attention_kl
+            criteria = {**criteria, "qk": "attention_kl"}
         self.criteria = criteria
         self.qk_rank = qk_rank
         self.num_images = 0
