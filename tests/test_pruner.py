@@ -193,7 +193,7 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(mlp_ratio=[0.1, 1.2]), r"`mlp_ratio\[1\]` must be a fraction"),
         (dict(hidden_ratio=[0.1]), "`hidden_ratio` is model-wide"),
         (dict(criterion="l1"), "Unknown criterion 'l1'"),
-        (dict(criterion={"qk": "l1"}), r"Unknown qk criterion 'l1'; choose one of \['snp', 'attention'"),
+        (dict(criterion={"qk": "l1"}), r"Unknown qk criterion 'l1'; choose one of \['snp', 'validated', 'attention'"),
         (dict(criterion={"attn": "snp"}), r"Unknown criterion group\(s\) \['attn'\]"),
         (dict(target_macs=1e6, target_macs_ratio=0.5), "either `target_macs`"),
         (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
