@@ -11,6 +11,7 @@ Tables:
              magnitude} x reconstruction {none, bias, least_squares}
     ridge    the least-squares ridge (tune models only)
     groups   value dims, MLP units, heads pruned alone: criteria, with the default reconstruction
+    before   the previous defaults (qk=attention, allocation by scores, no reconstruction) against today's
     goals    the shipped default against the goals of issue 9, per model
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
@@ -215,6 +216,22 @@ def goals_table(benches: list[Bench]) -> None:
     print()
 
 
+def before_table(benches: list[Bench]) -> None:
+    """The defaults before reconstruction and validated choices (qk=attention, allocation by scores / MACs^0.25, no
+    refit) against today's, zero-shot top-1 / KL."""
+    old = dict(criterion={"qk": "attention"}, allocation="scores", reconstruct="none")
+    header = ["model", "unpruned"] + [
+        f"{k:.0%} MACs: {w}" for k in (0.5, 0.3) for w in ("previous default", "default")
+    ]
+    table("Previous default vs today's (top-1 zero-shot / logit KL)", header)
+    for bench in benches:
+        cells = [bench.label, f"{bench.evaluator.top1:.1%}"]
+        for keep in (0.5, 0.3):
+            cells += [cell(bench.run(target_macs_ratio=keep, **old)), cell(bench.run(target_macs_ratio=keep))]
+        row(cells)
+    print()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["all"], help="bench names, or 'tune' / 'report' / 'all'")
@@ -233,7 +250,14 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: " + ", ".join(b.label for b in benches)
     )
     print()
-    tables = {"goals": goals_table, "qk": qk_table, "main": main_table, "ridge": ridge_table, "groups": groups_table}
+    tables = {
+        "goals": goals_table,
+        "qk": qk_table,
+        "main": main_table,
+        "ridge": ridge_table,
+        "groups": groups_table,
+        "before": before_table,
+    }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]
         if chosen:

@@ -354,7 +354,7 @@ def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
     its score is that increase, made non-decreasing along the removal order (so sorting the scores gives the
     removal order, and the k smallest scores of a head are the k units the greedy removes first). Returns (H, d).
     """
-    gram = gram.double()
+    gram = gram.detach().double().cpu()
     heads, dim = gram.shape[:2]
     scores = torch.empty(heads, dim, dtype=torch.float64)
     for h in range(heads):
