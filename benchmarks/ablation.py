@@ -46,7 +46,7 @@ QK_CRITERIA = [
     "svd",
     "magnitude",
 ]
-ALLOCATIONS = ["uniform", "scores", "validated"]
+ALLOCATIONS = ["uniform", "validated"]
 RECONSTRUCTIONS = ["none", "bias", "least_squares"]
 RIDGES = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 

@@ -186,8 +186,8 @@ class SNPConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        if self.reconstruct != "none":
-            return True
+        if self.reconstruct != "none" or (self.has_target and self.allocation == "validated"):
+            return True  # the refit and the validated allocation run on calibration images
         return any(c not in ("magnitude", "random") for c in self.criterion_per_group().values())
 
     def criterion_per_group(self) -> dict[str, str]:

@@ -92,9 +92,12 @@ class SNPPruner:
                 needs = [] if data_free else [f"Criteria {criteria}"]
                 if config.reconstruct != "none":
                     needs.append(f"reconstruct={config.reconstruct!r}")
+                if config.has_target and config.allocation == "validated":
+                    needs.append("allocation='validated'")
                 raise ValueError(
                     f"{' and '.join(needs)} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
-                    "a dataset name or a folder of images), or use criterion='magnitude' and reconstruct='none'."
+                    "a dataset name or a folder of images), or use criterion='magnitude', reconstruct='none' and "
+                    "(with a MACs target) allocation='scores' or 'uniform'."
                 )
             validate = config.num_validation_samples > 0 and _has_choices(config, criteria)
             batches = calibration_batches(

@@ -159,6 +159,11 @@ def test_bad_input_is_refused_clearly():
         pruner.prune(SNPConfig(criterion="magnitude", mlp_ratio=0.5), calibration_dataset=None, show_progress=False)
     # without reconstruction, magnitude needs no data
     pruner.prune(SNPConfig(criterion="magnitude", mlp_ratio=0.5, reconstruct="none"), show_progress=False)
+    # ... but the validated allocation of a MACs target compares candidates on calibration images
+    target = dict(criterion="magnitude", reconstruct="none", target_macs_ratio=0.6)
+    with pytest.raises(ValueError, match="allocation='validated'.*calibration"):
+        pruner.prune(SNPConfig(**target), show_progress=False)
+    pruner.prune(SNPConfig(**target, allocation="scores"), show_progress=False)
     plan = random_plan(model, seed=6)
     pruned = apply_plan(model, plan)
     state = copy.deepcopy(pruned.state_dict())
