@@ -145,7 +145,8 @@ def groups_table(benches: list[Bench]) -> None:
         table(f"{group} pruned alone, reconstruct=least_squares (top-1 zero-shot / logit KL)", header)
         for bench in benches:
             for criterion in criteria:
-                cells = [cell(bench.run(criterion={group: criterion}, **{f"{group}_ratio": p})) for p in levels]
+                ratio = "head_ratio" if group == "heads" else f"{group}_ratio"
+                cells = [cell(bench.run(criterion={group: criterion}, **{ratio: p})) for p in levels]
                 row([bench.label, criterion, *cells])
         print()
 

@@ -45,8 +45,9 @@ SNP_DEFAULTS = {
 
 RECONSTRUCT_MODES = ("least_squares", "bias", "none")
 ALLOCATIONS = ("validated", "scores", "uniform")
-# the 'scores' exponents tried by allocation='validated' (uniform ratios are always a candidate too)
-ALLOCATION_EXPONENTS = (0.0, 0.25, 0.5, 1.0)
+# the 'scores' exponents tried by allocation='validated', on SNP's and on weight-magnitude scores (uniform ratios are
+# always a candidate too); with the refit, 0.25 and 1 were never the held-out choice on the tune models
+ALLOCATION_EXPONENTS = (0.0, 0.5)
 
 
 def check_reconstruct(mode: str, ridge: float) -> None:
@@ -104,9 +105,9 @@ class SNPConfig:
         default="validated",
         metadata={
             "help": "How a MACs target is split over layers and groups: 'uniform' (one ratio everywhere), 'scores' "
-            "(greedy on normalized scores per MAC^macs_exponent) or 'validated' (uniform and 'scores' at exponents "
-            f"{ALLOCATION_EXPONENTS}, each pruned and reconstructed, and the one with the lowest output divergence "
-            "on calibration images held out from scoring kept)."
+            "(greedy on normalized scores per MAC^macs_exponent) or 'validated' (uniform, and 'scores' on SNP's and "
+            f"on weight-magnitude scores at exponents {ALLOCATION_EXPONENTS}, each pruned and reconstructed; the one "
+            "with the lowest output divergence on calibration images held out from scoring is kept)."
         },
     )
     macs_exponent: float = field(

@@ -248,6 +248,12 @@ class SNPPruner:
             (f"scores^{e:g}", kept_hidden, allocate_dims(scores, macs_exponent=e, **common)) for e in exponents
         ]
         if config.allocation == "validated":
+            # the same greedy on weight-magnitude scores: they put the cuts elsewhere, which the refit may absorb better
+            magnitude = magnitude_scores(self.model)
+            candidates += [
+                (f"magnitude-scores^{e:g}", kept_hidden, allocate_dims(magnitude, macs_exponent=e, **common))
+                for e in exponents
+            ]
             candidates.insert(0, ("uniform", kept_hidden, uniform_dims(**common)))
             unique = {}
             for name, hidden, dims in candidates:  # the same dims under two names are tried once
