@@ -6,6 +6,7 @@ calibrate (calibration.py) -> score (scoring/) -> allocate (allocation.py) -> pl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from .calibration import calibration_batches, resolve_image_processor
 from .config import ALLOCATION_EXPONENTS, SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
-from .reconstruction import reconstruct
+from .reconstruction import TargetCache, reconstruct
 from .scoring import magnitude_scores
 from .scoring.snp import snp_scores
 from .slicing import apply_plan
@@ -113,14 +114,17 @@ class SNPPruner:
             if validate:
                 batches, held_out = _split_batches(batches, config.num_calibration_samples)
         scoring_criteria = {**criteria, "qk": "attention_kl"} if criteria["qk"] == "validated" else criteria
-        scores = snp_scores(
-            self.model,
-            batches,
-            scoring_criteria,
-            qk_rank=config.qk_rank,
-            seed=config.seed,
-            show_progress=show_progress,
-        )
+        # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
+        cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
+        with cache if cache is not None else contextlib.nullcontext():
+            scores = snp_scores(
+                self.model,
+                batches,
+                scoring_criteria,
+                qk_rank=config.qk_rank,
+                seed=config.seed,
+                show_progress=show_progress,
+            )
         scored = time.perf_counter()
 
         # query/key scores to choose among ('validated': SNP's second-order attention criterion, or weight magnitude)
@@ -170,6 +174,7 @@ class SNPPruner:
                 mode=config.reconstruct,
                 ridge=config.ridge,
                 show_progress=show_progress and reference is None,
+                cache=cache,
             )
             timing["reconstruction"] += time.perf_counter() - sliced
             divergence = None

@@ -170,3 +170,28 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="calibration"):
         reconstruct(model, pruned, plan, [], show_progress=False)
     assert all(torch.equal(t, state[k]) for k, t in pruned.state_dict().items())  # nothing half-done
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit-teacher"])
+def test_cached_targets_give_the_same_refit(kind):
+    from optimum_snp.reconstruction import TargetCache
+
+    model = tiny_model(kind, seed=7)
+    plan = random_plan(model, seed=7, hidden=True)
+    data = batches()
+    plain = apply_plan(model, plan)
+    reconstruct(model, plain, plan, data, show_progress=False)
+    with TargetCache(model, num_batches=len(data)) as cache:
+        for _ in range(2):  # a criterion with several passes: only the first is recorded
+            for b in data:
+                logits_of(model, b)
+    assert cache.complete
+    cached = apply_plan(model, plan)
+    reconstruct(model, cached, plan, data, show_progress=False, cache=cache)
+    for name, tensor in plain.state_dict().items():
+        assert torch.allclose(tensor, cached.state_dict()[name], atol=1e-5), name
+    # an empty cache fills itself with one pass
+    empty = TargetCache(model, num_batches=len(data))
+    again = apply_plan(model, plan)
+    reconstruct(model, again, plan, data, show_progress=False, cache=empty)
+    assert empty.complete and all(torch.equal(again.state_dict()[k], t) for k, t in cached.state_dict().items())

@@ -6,6 +6,7 @@ import torch
 from optimum_snp.config import CRITERIA, SNPConfig
 from optimum_snp.scoring.snp import (
     attention_change_scores,
+    attention_kl_gram,
     greedy_redundancy_keep,
     greedy_removal_scores,
     snp_scores,
@@ -165,3 +166,20 @@ def test_iterative_attention_criterion_orders_by_removal_pass():
             weakest_half = set(torch.argsort(first.qk[h], stable=True)[: dim - dim // 2].tolist())
             assert set(torch.argsort(layer.qk[h])[: dim - dim // 2].tolist()) == weakest_half
             assert len(set(layer.qk[h].tolist())) == dim  # strictly ordered
+
+
+def test_attention_kl_gram_is_the_second_order_kl_of_the_attention_rows():
+    q, k = _qk(4, heads=2, tokens=6, dim=4)
+    q, k = q[None], k[None]  # (B=1, H, N, d)
+    s = 0.6
+    gram = attention_kl_gram(q, k, s)[0]
+    removed = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    eps = 1e-3  # a small removal: KL(A || A') ~ eps^2 / 2 * 1_R^T M 1_R
+    for h in range(2):
+        logits = s * q[0, h] @ k[0, h].T
+        shifted = logits - s * (q[0, h] * removed * eps) @ k[0, h].T
+        a, b = logits.softmax(-1), shifted.softmax(-1)
+        kl = (a * (a.log() - b.log())).sum().item()
+        assert kl == pytest.approx(0.5 * eps**2 * (removed @ gram[h] @ removed).item(), rel=1e-2)
+    # the query subsample is an unbiased rescaling when every row is kept
+    assert torch.allclose(attention_kl_gram(q, k, s, max_queries=6), attention_kl_gram(q, k, s))

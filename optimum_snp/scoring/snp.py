@@ -338,10 +338,13 @@ def attention_kl_gram(q: torch.Tensor, k: torch.Tensor, scaling: float, max_quer
         q, probs = q[..., rows, :], probs[..., rows, :]
         scale = tokens / max_queries
     mean_k = probs @ k  # (B, H, T, d): E_{A_t}[k]
-    second = torch.zeros(*q.shape[:2], q.shape[-1], q.shape[-1], dtype=q.dtype, device=q.device)
-    for t in range(q.shape[-2]):  # sum_t q_t q_t^T * (K^T diag(A_t) K), one query row at a time (memory)
-        weighted = k * probs[..., t, :, None]  # (B, H, N, d)
-        second += (weighted.transpose(-1, -2) @ k) * (q[..., t, :, None] * q[..., t, None, :])
+    # sum_{t,u} A_tu z_tu z_tu^T with z_tu = q_t * k_u: one (T*N, d) Gram matrix per head, an image at a time (memory)
+    second = torch.empty(*q.shape[:2], q.shape[-1], q.shape[-1], dtype=q.dtype, device=q.device)
+    root = probs.sqrt()
+    for b in range(q.shape[0]):
+        z = root[b][..., None] * q[b][:, :, None, :] * k[b][:, None, :, :]  # (H, T, N, d)
+        z = z.reshape(z.shape[0], -1, z.shape[-1])
+        second[b] = z.transpose(-1, -2) @ z
     qm = q * mean_k
     first = qm.transpose(-1, -2) @ qm
     return (scaling**2) * scale * (second - first)
