@@ -190,7 +190,8 @@ class SNPPruner:
         results = [evaluate(names[0], qk_variants[names[0]], *c) for c in candidates]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         dims = next(c for c in candidates if c[0] == best[1]["allocation"])
-        results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
+        if any(d.qk_head_dim < o.qk_head_dim for d, o in zip(dims[2], adapter.layer_dims(), strict=True)):
+            results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         _, chosen, plan, pruned, reconstruction = best
         done = time.perf_counter()
