@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from .calibration import find_image_column, load_calibration_dataset
+from .calibration import find_image_column, load_calibration_dataset, preprocess_images
 from .training import SNPDistillationTrainer, SNPTrainingArguments
 
 
@@ -22,14 +22,13 @@ def training_view(dataset, image_processor, image_column: str | None = None, lab
         )
 
     def transform(batch):
-        images = [image.convert("RGB") if hasattr(image, "convert") else image for image in batch[column]]
-        pixels = image_processor(images, return_tensors="pt")["pixel_values"]
+        pixels = preprocess_images(list(batch[column]), column, image_processor)
         return {"pixel_values": pixels, "labels": torch.as_tensor(batch[label_column])}
 
     return dataset.with_transform(transform)
 
 
-def _collate(examples):
+def collate(examples):
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "labels": torch.stack([torch.as_tensor(e["labels"]) for e in examples]),
@@ -75,7 +74,7 @@ def finetune(
             use_cpu=not torch.cuda.is_available(),
         )
         trainer = SNPDistillationTrainer(
-            model=student, args=args, teacher=teacher, train_dataset=data, data_collator=_collate
+            model=student, args=args, teacher=teacher, train_dataset=data, data_collator=collate
         )
         start = time.perf_counter()
         result = trainer.train()

@@ -35,8 +35,9 @@ from transformers.trainer_pt_utils import get_parameter_names
 from .accounting import model_size_of
 from .adapters import get_adapter
 from .artifacts import PruningInfo, attach_pruning_info, get_pruning_info
-from .calibration import find_image_column, load_calibration_dataset, preprocess_images
+from .calibration import load_calibration_dataset
 from .config import SNPConfig
+from .finetune import collate, training_view
 from .plan import LayerPlan, PruningPlan
 from .pruner import SNPPruner
 from .slicing import apply_plan
@@ -426,30 +427,6 @@ class GradualPruningCallback(TrainerCallback):
 
 
 # ---- one call ----------------------------------------------------------------------------------------------------
-def training_view(dataset, image_processor, image_column: str | None = None, label_column: str = "label"):
-    """`dataset` with `pixel_values` (raw images preprocessed on the fly; a `pixel_values` column used as is) and
-    `labels`."""
-    column = find_image_column(dataset, image_column)
-    if label_column not in dataset.column_names:
-        raise ValueError(
-            f"The fine-tuning dataset has no label column {label_column!r}: found columns {dataset.column_names}; "
-            "pass label_column=..."
-        )
-
-    def transform(batch):
-        pixels = preprocess_images(list(batch[column]), column, image_processor)
-        return {"pixel_values": pixels, "labels": torch.as_tensor(batch[label_column])}
-
-    return dataset.with_transform(transform)
-
-
-def _collate(examples):
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.stack([torch.as_tensor(e["labels"]) for e in examples]),
-    }
-
-
 def gradual_prune(
     model: nn.Module,
     config: SNPConfig,
@@ -524,7 +501,7 @@ def gradual_prune(
             args=args,
             teacher=teacher,
             train_dataset=data,
-            data_collator=_collate,
+            data_collator=collate,
             callbacks=[callback, *(callbacks or [])],
         )
         start = time.perf_counter()

@@ -193,7 +193,7 @@ def test_callback_in_a_distillation_trainer_changes_the_class_of_a_stock_deit(tm
     teacher = tiny_model("deit-teacher", seed=1)
     student = tiny_model("deit-teacher", seed=1).train()
     data = random_images(8)
-    from optimum_snp.gradual import _collate, training_view
+    from optimum_snp.finetune import collate, training_view
 
     callback = GradualPruningCallback(
         config(target_macs_ratio=0.6, num_calibration_samples=8),
@@ -221,7 +221,7 @@ def test_callback_in_a_distillation_trainer_changes_the_class_of_a_stock_deit(tm
         teacher=teacher,
         args=args,
         train_dataset=training_view(data, None),
-        data_collator=_collate,
+        data_collator=collate,
         callbacks=[callback],
     )
     trainer.train()
