@@ -78,7 +78,9 @@ class SNPConfig:
 
     Ratios are the fraction of units REMOVED: a float (every layer) or a list with one value per layer.
     With `target_macs` or `target_macs_ratio`, the query/key, value and MLP ratios are allocated automatically
-    (per layer, by comparing normalized scores across layers); `head_ratio` and `hidden_ratio` still apply.
+    (`allocation`: by default uniform and score-based candidates, each pruned and reconstructed, the one closest to
+    the unpruned model on held-out calibration images kept); `head_ratio` and `hidden_ratio` still apply. After the
+    cut, `reconstruct` refits the projections on the calibration images (least squares by default).
     """
 
     qk_ratio: float | list[float] = field(default=0.0, metadata={"help": "Query/key dims per head removed."})
