@@ -135,6 +135,10 @@ class ViTAdapter:
         stream, in forward order: the modules `reconstruction.reconstruct` refits."""
         return [("o_proj", "v"), ("fc2", "mlp")]
 
+    # reconstruction targets whose output is added, unchanged, to the layer's output (pre-norm residual:
+    # `hidden + fc2(...)`), so the refit can correct the layer output instead of running the layer again
+    residual_output_targets = ("fc2",)
+
     def model_inputs(self, batch) -> dict:
         """Keyword arguments of the model's forward for one calibration batch, on the model's device (floating
         inputs in the model's dtype)."""

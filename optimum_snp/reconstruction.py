@@ -320,26 +320,33 @@ def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tenso
     return next_inputs, outputs
 
 
-def _projection_stats(layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor]) -> ProjectionStats:
-    """Statistics of `proj`'s input in the pruned `layer` (run up to `proj` only) against the targets."""
+def _projection_stats(
+    layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor], keep: bool = False
+) -> tuple[ProjectionStats, list]:
+    """Statistics of `proj`'s input in the pruned `layer` against the targets. The layer runs up to `proj` only;
+    with `keep`, it runs to the end and each batch's (proj input, layer output) is returned too."""
     stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device)
-    current = {"target": None}
+    current = {"target": None, "input": None}
 
     def capture(module, inp):
         stats.add(inp[0], current["target"])
-        raise _Stop
+        if not keep:
+            raise _Stop
+        current["input"] = inp[0].detach()
 
+    kept = []
     handle = proj.register_forward_pre_hook(capture)
     try:
         for (h, a, kw), target in zip(inputs, targets, strict=True):
             current["target"] = target
             try:
-                _run_layer(layer, h, a, kw)
+                out = _run_layer(layer, h, a, kw)
             except _Stop:
-                pass
+                continue
+            kept.append((current["input"], out))
     finally:
         handle.remove()
-    return stats
+    return stats, kept
 
 
 def _least_squares(
@@ -366,18 +373,33 @@ def _least_squares(
             next_o = None
             outputs = {k: [o.index_select(-1, hidden.to(o.device)) for o in cache.outputs[idx][k]] for k in keys}
         entry = {"layer": idx}
+        next_p = None
         for key in keys:  # in forward order: each refit sees the refit projections before it
             proj = mods_p[key]
-            stats = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key))
+            # the last projection, when its output is simply added to the layer's output (pre-norm residual): run
+            # the layer to the end once and correct its output after the refit, instead of running it again
+            additive = key == keys[-1] and key in adapter_p.residual_output_targets
+            stats, kept = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key), keep=additive)
             before = stats.error(proj.weight, proj.bias)
+            old_weight = proj.weight.detach().clone()
+            old_bias = proj.bias.detach().clone() if proj.bias is not None else None
             weight, bias = stats.solve(proj.weight, proj.bias, ridge)
             proj.weight.copy_(weight.to(proj.weight.dtype))
             if bias is not None:
                 proj.bias.copy_(bias.to(proj.bias.dtype))
             entry[key] = {"mse_before": before, "mse_after": stats.error(proj.weight, proj.bias), "rows": stats.rows}
             stats_bytes = max(stats_bytes, stats.nbytes())
+            if additive:
+                delta_w = proj.weight - old_weight
+                delta_b = proj.bias - old_bias if old_bias is not None else 0.0
+                next_p = [
+                    (out + torch.nn.functional.linear(x, delta_w) + delta_b, a, kw)
+                    for (x, out), (_, a, kw) in zip(kept, inputs_p, strict=True)
+                ]
         layers.append(entry)
-        inputs_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
+        if next_p is None:
+            next_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
+        inputs_p = next_p
         inputs_o = next_o
     return {"mode": "least_squares", "ridge": ridge, "layers": layers, "stats_bytes": stats_bytes}
 

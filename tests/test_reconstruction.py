@@ -195,3 +195,18 @@ def test_cached_targets_give_the_same_refit(kind):
     again = apply_plan(model, plan)
     reconstruct(model, again, plan, data, show_progress=False, cache=empty)
     assert empty.complete and all(torch.equal(again.state_dict()[k], t) for k, t in cached.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit-teacher"])
+def test_correcting_the_layer_output_equals_running_the_layer_again(kind, monkeypatch):
+    from optimum_snp.adapters import ViTAdapter
+
+    model = tiny_model(kind, seed=8)
+    plan = random_plan(model, seed=8, hidden=True)
+    fast = apply_plan(model, plan)
+    reconstruct(model, fast, plan, batches(), show_progress=False)
+    monkeypatch.setattr(ViTAdapter, "residual_output_targets", ())  # every layer run again after its refit
+    slow = apply_plan(model, plan)
+    reconstruct(model, slow, plan, batches(), show_progress=False)
+    for name, tensor in slow.state_dict().items():
+        assert torch.allclose(tensor, fast.state_dict()[name], atol=1e-5, rtol=1e-4), name
