@@ -35,6 +35,37 @@ def collate(examples):
     }
 
 
+def training_arguments(
+    output_dir: str,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    distillation_type: str,
+    seed: int,
+    show_progress: bool,
+) -> SNPTrainingArguments:
+    """The recipe shared by `finetune` and `gradual.gradual_prune`: cosine schedule with 10% warm-up, weight decay
+    0.05, no checkpoints or logging, on the GPU when there is one."""
+    return SNPTrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        weight_decay=0.05,
+        distillation_type=distillation_type,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not show_progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -55,23 +86,14 @@ def finetune(
     {"epochs", "seconds", "train_loss", "distillation_type"}. Checkpoints are not kept unless `output_dir`."""
     data = training_view(load_calibration_dataset(dataset, split=split), image_processor, image_column, label_column)
     with tempfile.TemporaryDirectory() as scratch:
-        args = SNPTrainingArguments(
-            output_dir=output_dir or scratch,
-            num_train_epochs=epochs,
+        args = training_arguments(
+            output_dir or scratch,
+            epochs=epochs,
             learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.1,
-            weight_decay=0.05,
+            batch_size=batch_size,
             distillation_type=distillation_type if teacher is not None else "none",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to=[],
             seed=seed,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            disable_tqdm=not show_progress,
-            use_cpu=not torch.cuda.is_available(),
+            show_progress=show_progress,
         )
         trainer = SNPDistillationTrainer(
             model=student, args=args, teacher=teacher, train_dataset=data, data_collator=collate

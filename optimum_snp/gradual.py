@@ -37,11 +37,11 @@ from .adapters import get_adapter
 from .artifacts import PruningInfo, attach_pruning_info, get_pruning_info
 from .calibration import load_calibration_dataset
 from .config import SNPConfig
-from .finetune import collate, training_view
+from .finetune import collate, training_arguments, training_view
 from .plan import LayerPlan, PruningPlan
 from .pruner import SNPPruner
 from .slicing import apply_plan
-from .training import SNPDistillationTrainer, SNPTrainingArguments
+from .training import SNPDistillationTrainer
 from .version import __version__
 
 
@@ -478,23 +478,14 @@ def gradual_prune(
     was_training = teacher.training if teacher is not None else False
     teacher_device = next(iter(frozen)).device if frozen else None
     with tempfile.TemporaryDirectory() as scratch:
-        args = SNPTrainingArguments(
-            output_dir=output_dir or scratch,
-            num_train_epochs=epochs,
+        args = training_arguments(
+            output_dir or scratch,
+            epochs=epochs,
             learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.1,
-            weight_decay=0.05,
+            batch_size=batch_size,
             distillation_type=distillation_type,
-            save_strategy="no",
-            logging_strategy="no",
-            report_to=[],
             seed=seed,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            disable_tqdm=not show_progress,
-            use_cpu=not torch.cuda.is_available(),
+            show_progress=show_progress,
         )
         trainer = SNPDistillationTrainer(
             model=student,
