@@ -235,18 +235,8 @@ def bench_dataset(name: str) -> datasets.DatasetDict:
 
 # ---- models ------------------------------------------------------------------------------------------------
 def bench_image_processor(image_size: int):
-    """Like `digits_image_processor()` at another size: bilinear resize to image_size x image_size, scale to [-1, 1]."""
-    try:
-        import torchvision  # noqa: F401
-        from transformers import ViTImageProcessor as processor_cls
-    except ImportError:  # the torchvision-backed class would only warn and fall back to this one
-        from transformers import ViTImageProcessorPil as processor_cls
-    return processor_cls(
-        size={"height": image_size, "width": image_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        resample=PIL.Image.BILINEAR,
-    )
+    """`digits_image_processor()` at another size: bilinear resize to image_size x image_size, scale to [-1, 1]."""
+    return digits_image_processor(image_size)
 
 
 def build_model(spec: BenchSpec, label_names: list[str]) -> torch.nn.Module:

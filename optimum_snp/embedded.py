@@ -79,15 +79,15 @@ def digits_config() -> ViTConfig:
     )
 
 
-def digits_image_processor():
-    """The embedded model's `ViTImageProcessor`: bilinear resize to 32x32, then scale to [-1, 1]."""
+def digits_image_processor(image_size: int = DIGITS_IMAGE_SIZE):
+    """The embedded model's `ViTImageProcessor`: bilinear resize to 32x32 (or `image_size`), then scale to [-1, 1]."""
     try:
         import torchvision  # noqa: F401
         from transformers import ViTImageProcessor as processor_cls
     except ImportError:  # the torchvision-backed class would only warn and fall back to this one
         from transformers import ViTImageProcessorPil as processor_cls
     return processor_cls(
-        size={"height": DIGITS_IMAGE_SIZE, "width": DIGITS_IMAGE_SIZE},
+        size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
         resample=PIL.Image.BILINEAR,
