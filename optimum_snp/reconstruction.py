@@ -71,7 +71,7 @@ class ProjectionStats:
         self.xty += (x.T @ y).double()
         self.x_sum += x.sum(0).double()
         self.y_sum += y.sum(0).double()
-        self.y_sq += y.double().square().sum()
+        self.y_sq += y.square().sum().double()  # float32 pairwise sum per batch, float64 across batches
         self.rows += x.shape[0]
 
     def nbytes(self) -> int:
@@ -105,9 +105,11 @@ class ProjectionStats:
         rhs = torch.cat([self.xty + lam * w0.T, self.y_sum[None, :]])
         if bias is None:  # no bias to fit: drop the last row and column
             system, rhs = system[:k, :k], rhs[:k]
-        try:
-            solution = torch.linalg.solve(system, rhs)
-        except RuntimeError:  # singular (ridge 0 and too few distinct rows): minimum-norm least squares
+        # [X 1]^T [X 1] + lam diag(I, 0) is positive definite for lam > 0: Cholesky (half the cost of LU)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            solution = torch.cholesky_solve(rhs, factor)
+        else:  # singular (ridge 0 and too few distinct rows): minimum-norm least squares
             solution = torch.linalg.lstsq(system, rhs, driver="gelsd").solution
         new_weight = solution[:k].T
         new_bias = solution[k] if bias is not None else None
@@ -303,13 +305,20 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
     return {"mode": "bias", "layers": layers}
 
 
+def _select(output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """`output` restricted to the kept hidden channels (no copy when every channel is kept)."""
+    if len(hidden) == output.shape[-1] and bool((hidden == torch.arange(len(hidden))).all()):
+        return output
+    return output.index_select(-1, hidden.to(output.device))
+
+
 def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tensor):
     """Runs an unpruned layer on every cached input; returns the next layer's inputs and, per projection key, the
     projection's output restricted to the kept hidden channels (one tensor per batch)."""
     outputs: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
 
     def record(key):
-        return lambda module, inp, out: outputs[key].append(out.detach().index_select(-1, hidden.to(out.device)))
+        return lambda module, inp, out: outputs[key].append(_select(out.detach(), hidden))
 
     handles = [module.register_forward_hook(record(key)) for key, module in modules.items()]
     try:
@@ -371,7 +380,7 @@ def _least_squares(
             )
         else:
             next_o = None
-            outputs = {k: [o.index_select(-1, hidden.to(o.device)) for o in cache.outputs[idx][k]] for k in keys}
+            outputs = {k: [_select(o, hidden) for o in cache.outputs[idx][k]] for k in keys}
         entry = {"layer": idx}
         next_p = None
         for key in keys:  # in forward order: each refit sees the refit projections before it
