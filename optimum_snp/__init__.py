@@ -1,14 +1,25 @@
-"""optimum-snp: SNP (Structured Neuron-level Pruning, ECCV 2024) for Hugging Face ViT / DeiT models.
+"""optimum-snp: SNP (Structured Neuron-level Pruning, ECCV 2024) for Hugging Face transformers: ViT / DeiT image
+models and BERT-family text encoders.
 
-Importing the package registers the pruned model family with the transformers Auto classes.
+Importing the package registers the pruned model families with the transformers Auto classes (each architecture's
+adapter does it when it is registered) and makes their save / load / push carry the pruning files and model card.
 """
 
 from .accounting import ModelSize, model_size, model_size_of
-from .adapters import DeiTAdapter, LayerDims, ViTAdapter, get_adapter, supported_model_classes
+from .adapters import (
+    ArchitectureAdapter,
+    BertAdapter,
+    DeiTAdapter,
+    ViTAdapter,
+    get_adapter,
+    register_adapter,
+    supported_model_classes,
+)
 from .artifacts import record_results
 from .config import SNPConfig
 from .gradual import GradualPruningCallback, gradual_prune
 from .hub import HubPushError, push_pruned_model
+from .layer_dims import LayerDims
 from .models import (
     SNPDeiTConfig,
     SNPDeiTForImageClassification,
@@ -17,7 +28,6 @@ from .models import (
     SNPViTConfig,
     SNPViTForImageClassification,
     SNPViTModel,
-    register_auto_classes,
 )
 from .plan import LayerPlan, PruningPlan, build_plan, plan_from_kept_dims, plan_from_scores
 from .pruner import SNPPruner
@@ -26,8 +36,6 @@ from .slicing import apply_plan
 from .training import SNPDistillationTrainer, SNPTrainingArguments
 from .version import __version__
 
-
-register_auto_classes()
 
 __all__ = [
     "__version__",
@@ -44,8 +52,11 @@ __all__ = [
     "ModelSize",
     "model_size",
     "model_size_of",
+    "ArchitectureAdapter",
+    "BertAdapter",
     "DeiTAdapter",
     "ViTAdapter",
+    "register_adapter",
     "LayerDims",
     "get_adapter",
     "supported_model_classes",

@@ -10,11 +10,12 @@ until the model fits the target. The equal-count-per-head rule holds by construc
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 import torch
 
-from .accounting import model_size, num_tokens
-from .adapters import LayerDims
+from .accounting import layer_size, model_size, num_tokens
+from .layer_dims import LayerDims
 from .plan import topk_sorted
 
 
@@ -172,9 +173,10 @@ def allocate_dims(
             steps[idx, group] = per_head.sort(dim=1).values.sum(0)  # k-th unit removes the k-th weakest per head
         steps[idx, "mlp"] = (ls.mlp.float() / means["mlp"]).sort().values
 
-    def unit_macs(idx: int, group: str) -> int:
-        heads = base_dims[idx].num_heads
-        return heads * (2 * tokens * d + tokens * tokens) if group in ("qk", "v") else 2 * tokens * d
+    def unit_macs(idx: int, group: str) -> int:  # MACs of one unit of `group` (in every kept head) in layer `idx`
+        base = base_dims[idx]
+        smaller = replace(base, **{dict(FIELDS)[group]: getattr(base, dict(FIELDS)[group]) - 1})
+        return layer_size(base, d, tokens).macs - layer_size(smaller, d, tokens).macs
 
     def step_macs(key, k: int) -> int:  # MACs saved by the k-th step of `key`
         return (levels[key][k] - levels[key][k + 1]) * unit_macs(*key)

@@ -10,12 +10,17 @@ model classes call into this module (when optimum-snp is installed) so that:
 - `from_pretrained` of a folder (or Hub repo) reads them back;
 - `push_to_hub` uploads all of it (transformers' own `push_to_hub` would replace the card with a generic one).
 
+The model files themselves know nothing of this (they are copied next to checkpoints for `trust_remote_code=True`
+and must import only their siblings): `install_pruning_io` wraps their `from_pretrained` / `save_pretrained` /
+`push_to_hub` from the package's side when `optimum_snp` is imported.
+
 A model without pruning info (e.g. built with `apply_plan` directly) still gets a card, with the original sizes
 read from its config (`num_attention_heads`, `intermediate_size` and `original_head_dim` keep the unpruned values).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .accounting import architecture_of, model_size
-from .adapters import LayerDims, layer_dims_from_config
+from .adapters import adapter_class_for, on_register
 from .card import CARD_NAME, _clean_results, _merge_results, _previous_card, write_model_card
 from .config import SNP_CONFIG_NAME, SNPConfig
 from .plan import PruningPlan
-from .version import __version__
+from .report import build_report
 
 
 logger = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ logger = logging.getLogger(__name__)
 PLAN_NAME = "pruning_plan.json"
 REPORT_NAME = "pruning_report.json"
 PROCESSOR_NAME = "preprocessor_config.json"
+TOKENIZER_NAME = "tokenizer_config.json"
 INFO_ATTRIBUTE = "snp_pruning_info"
 
 
@@ -46,9 +52,10 @@ class PruningInfo:
     snp_config: SNPConfig | None = None
     report: dict | None = None
     plan: PruningPlan | None = None
-    image_processor: Any = None
+    image_processor: Any = None  # the preprocessor: an image processor, or a tokenizer for text models
     base_model: str | None = None
     results: dict = field(default_factory=dict)
+    name: str | None = None  # the model's name in its card (repo id or final folder), when not the folder's own
 
 
 def get_pruning_info(model) -> PruningInfo | None:
@@ -77,28 +84,19 @@ def report_from_config(model) -> dict:
     unpruned ones the SNP config keeps for reference."""
     config = model.config
     architecture = architecture_of(model)
-    head_dim = getattr(config, "original_head_dim", None) or config.hidden_size // config.num_attention_heads
-    original_hidden = config.num_attention_heads * head_dim
-    after = layer_dims_from_config(config)
-    before = [LayerDims(config.num_attention_heads, head_dim, head_dim, config.intermediate_size) for _ in after]
-    size_before = model_size(config, architecture, hidden_size=original_hidden, layer_dims=before)
-    size_after = model_size(config, architecture)
-    return {
-        "optimum_snp_version": __version__,
-        "source": getattr(config, "_name_or_path", None) or None,
-        "architecture": type(model).__name__,
-        "params": {
-            "before": size_before.params,
-            "after": size_after.params,
-            "ratio": size_after.params / size_before.params,
-        },
-        "macs": {"before": size_before.macs, "after": size_after.macs, "ratio": size_after.macs / size_before.macs},
-        "hidden_size": {"before": original_hidden, "after": config.hidden_size},
-        "layers": [
-            {"layer": i, "before": b.to_dict(), "after": a.to_dict()}
-            for i, (b, a) in enumerate(zip(before, after, strict=True))
-        ],
-    }
+    adapter_cls = adapter_class_for(config)
+    original_hidden, before = adapter_cls.original_dims(config)
+    after = adapter_cls.dims_from_config(config)
+    return build_report(
+        source=getattr(config, "_name_or_path", None) or None,
+        architecture=type(model).__name__,
+        size_before=model_size(config, architecture, hidden_size=original_hidden, layer_dims=before),
+        size_after=model_size(config, architecture),
+        hidden_before=original_hidden,
+        hidden_after=config.hidden_size,
+        dims_before=before,
+        dims_after=after,
+    )
 
 
 def save_pruning_info(model, save_directory: str | os.PathLike) -> None:
@@ -118,7 +116,9 @@ def save_pruning_info(model, save_directory: str | os.PathLike) -> None:
     config = (
         info.snp_config.to_dict() if info.snp_config is not None else {"note": "pruning configuration not recorded"}
     )
-    write_model_card(save_directory, report, config, results=info.results or None, base_model=info.base_model)
+    write_model_card(
+        save_directory, report, config, results=info.results or None, base_model=info.base_model, name=info.name
+    )
 
 
 def save_pretrained_with_info(save_weights, model, save_directory, *args, **kwargs):
@@ -164,18 +164,70 @@ def push_model(
             f"push_to_hub of an SNP model does not support {sorted(unsupported)}; supported: commit_message, "
             "private, token, max_shard_size, revision, create_pr, endpoint."
         )
-    with tempfile.TemporaryDirectory(prefix="snp-push-") as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        return push_pruned_model(
-            tmp,
-            repo_id,
-            token=token if isinstance(token, str) else None,
-            private=bool(private),
-            commit_message=commit_message or "Upload SNP-pruned model",
-            endpoint=endpoint,
-            revision=revision,
-            create_pr=create_pr,
-        )
+    info = get_pruning_info(model)
+    if info is None:
+        info = PruningInfo()
+        attach_pruning_info(model, info)
+    previous, info.name = info.name, repo_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="snp-push-") as tmp:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            return push_pruned_model(
+                tmp,
+                repo_id,
+                token=token if isinstance(token, str) else None,
+                private=bool(private),
+                commit_message=commit_message or "Upload SNP-pruned model",
+                endpoint=endpoint,
+                revision=revision,
+                create_pr=create_pr,
+            )
+    finally:
+        info.name = previous
+
+
+# ---- the model classes' side -------------------------------------------------------------------------------
+def install_pruning_io(cls: type) -> type:
+    """Makes the SNP model class `cls` (and its subclasses) save, load and push its pruning info and model card:
+    `from_pretrained` then `load_pruning_info`; `save_pretrained` through `save_pretrained_with_info`; `push_to_hub`
+    through `push_model`. Idempotent."""
+    if cls.__dict__.get("_snp_pruning_io"):
+        return cls
+    load, save = cls.from_pretrained.__func__, cls.save_pretrained
+
+    @functools.wraps(load)
+    def from_pretrained(klass, *args, **kwargs):
+        model = load(klass, *args, **kwargs)
+        load_pruning_info(model, args[0] if args else kwargs.get("pretrained_model_name_or_path"), **kwargs)
+        return model
+
+    @functools.wraps(save)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then `snp_config.json`, the pruning plan and report, the preprocessor
+        and the model card (`README.md` + `pruning_profile.png`)."""
+        return save_pretrained_with_info(lambda *a, **k: save(self, *a, **k), self, save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Uploads everything `save_pretrained` writes, keeping the SNP model card (transformers' would replace it)."""
+        return push_model(self, repo_id, *args, **kwargs)
+
+    cls.from_pretrained = classmethod(from_pretrained)
+    cls.save_pretrained = save_pretrained
+    cls.push_to_hub = push_to_hub
+    cls._snp_pruning_io = True
+    return cls
+
+
+def _install_on_family(adapter_cls) -> None:
+    """`install_pruning_io` on the topmost SNP class of every model family the adapter serves."""
+    from transformers import PreTrainedModel
+
+    for snp_cls in adapter_cls.snp_model_classes():
+        family = [c for c in snp_cls.__mro__ if issubclass(c, PreTrainedModel) and c.__module__ == snp_cls.__module__]
+        install_pruning_io(family[-1])
+
+
+on_register(_install_on_family)
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
@@ -222,6 +274,10 @@ def load_pruning_info(model, source, **kwargs) -> None:
         from transformers import AutoImageProcessor
 
         info.image_processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+    elif _fetch(source, TOKENIZER_NAME, hub_kwargs):
+        from transformers import AutoTokenizer
+
+        info.image_processor = AutoTokenizer.from_pretrained(source, **hub_kwargs)
     attach_pruning_info(model, info)
 
 
@@ -229,6 +285,7 @@ __all__ = [
     "PruningInfo",
     "attach_pruning_info",
     "get_pruning_info",
+    "install_pruning_io",
     "load_pruning_info",
     "push_model",
     "record_results",

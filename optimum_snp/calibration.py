@@ -121,7 +121,7 @@ def load_calibration_dataset(
         if os.path.isdir(name) and _is_saved_dataset(name):
             loaded = datasets.load_from_disk(name)
         elif os.path.isdir(folder) and _holds_images(folder):
-            loaded = datasets.load_dataset("imagefolder", data_dir=folder, split=split, streaming=streaming)
+            loaded = datasets.load_dataset("imagefolder", data_dir=folder, split=split)  # local: nothing to download
         else:
             loaded = datasets.load_dataset(name, data_dir=data_dir, split=split, streaming=streaming)
     except Exception as err:  # any loader failure: name the input, keep the cause chained
@@ -287,7 +287,7 @@ def calibration_batches(
 
     _check_count(num_samples, "num_samples")
     _check_count(batch_size, "batch_size")
-    data = load_calibration_dataset(dataset, split=split)
+    data = load_calibration_dataset(dataset, split=split, streaming=True)  # a named dataset: only what is used
     column = find_image_column(data, image_column)
 
     if isinstance(data, Dataset):
@@ -323,8 +323,142 @@ def calibration_batches(
     return batches
 
 
+# ---- text ----------------------------------------------------------------------------------------------------
+TEXT_COLUMNS = ("text", "sentence", "content", "document", "question", "premise", "sentence1")
+
+
+def find_text_column(dataset, text_column: str | None = None) -> str:
+    """The column holding the text: `text_column` if given, else the first of `TEXT_COLUMNS`, else the first column
+    of strings."""
+    names = column_names(dataset)
+    if text_column is not None:
+        if text_column not in names:
+            raise ValueError(
+                f"text_column={text_column!r} is not a column of the calibration dataset; found columns {names}. "
+                "Name one of them with text_column=... (or --text-column)."
+            )
+        return text_column
+    for candidate in TEXT_COLUMNS:
+        if candidate in names:
+            return candidate
+    features = getattr(dataset, "features", None) or {}
+    for name, feature in features.items():
+        if getattr(feature, "dtype", None) in ("string", "large_string"):
+            return name
+    raise ValueError(
+        f"Calibration dataset has no text column: found columns {names}; name it with text_column=... "
+        "(or --text-column)."
+    )
+
+
+def tokenize_batch(tokenizer, texts: list, pairs: list | None = None, max_length: int = 128) -> dict:
+    """One calibration batch of model inputs: `texts` (and `pairs`) tokenised, padded to the longest (dynamic
+    padding) with an attention mask, truncated to `max_length` tokens."""
+    bad = [t for t in [*texts, *(pairs or [])] if not isinstance(t, str)]
+    if bad:
+        raise ValueError(
+            f"Text calibration needs strings; the text column holds {type(bad[0]).__name__} values. Name the text "
+            "column with text_column=..."
+        )
+    encoded = tokenizer(texts, pairs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    return dict(encoded)
+
+
+def text_calibration_batches(
+    dataset,
+    tokenizer,
+    num_samples: int = 64,
+    batch_size: int = 16,
+    seed: int = 0,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    max_length: int = 128,
+    split: str = "train",
+    show_progress: bool = True,
+) -> list[dict]:
+    """`min(num_samples, len(dataset))` texts (or text pairs) sampled with `seed` as `calibration_batches` samples
+    images, tokenised with `tokenizer` into batches of model inputs (`input_ids`, `attention_mask`, ...), each padded
+    to its longest sequence. A dataset given by name is streamed: only the sampled rows are downloaded."""
+    from tqdm.auto import tqdm
+
+    _check_count(num_samples, "num_samples")
+    _check_count(batch_size, "batch_size")
+    _check_count(max_length, "max_length")
+    if tokenizer is None:
+        raise ValueError("Text calibration needs the model's tokenizer; pass tokenizer=... to SNPPruner.")
+    data = load_calibration_dataset(dataset, split=split, streaming=True)
+    column = find_text_column(data, text_column)
+    columns = [column]
+    if text_pair_column is not None:
+        if text_pair_column not in column_names(data):
+            raise ValueError(
+                f"text_pair_column={text_pair_column!r} is not a column of the calibration dataset; found columns "
+                f"{column_names(data)}."
+            )
+        columns.append(text_pair_column)
+    if isinstance(data, Dataset):
+        if len(data) == 0:
+            raise ValueError("Calibration dataset is empty; give a dataset with at least one text.")
+        total = min(num_samples, len(data))
+        if len(data) < num_samples:
+            _warn_short(len(data), num_samples)
+        order = np.random.default_rng(seed).permutation(len(data))[:total].tolist()
+        data = data.select_columns(columns)
+        rows = (data[order[i : i + batch_size]] for i in range(0, total, batch_size))
+    else:
+        total = num_samples
+        data = data.select_columns(columns).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_SIZE).take(num_samples)
+        rows = ({c: [e[c] for e in chunk] for c in columns} for chunk in chunks(iter(data), batch_size))
+    batches = []
+    with tqdm(total=total, desc="Calibration data", unit="text", disable=not show_progress) as progress:
+        for row in rows:
+            pairs = list(row[text_pair_column]) if text_pair_column is not None else None
+            batches.append(tokenize_batch(tokenizer, list(row[column]), pairs, max_length))
+            progress.update(len(row[column]))
+    count = sum(len(b["input_ids"]) for b in batches)
+    if count == 0:
+        raise ValueError("Calibration dataset is empty; give a dataset with at least one text.")
+    if count < total:
+        _warn_short(count, num_samples)
+    return batches
+
+
+def batch_length(batch) -> int:
+    """Number of inputs in a calibration batch (a tensor, or a dict of model inputs)."""
+    if isinstance(batch, dict):
+        return len(next(v for v in batch.values() if torch.is_tensor(v)))
+    return len(batch)
+
+
+def split_batches(batches: list, count: int) -> tuple[list, list]:
+    """The first `count` inputs of `batches` (kept in their batches, the last one cut) and the rest, in batches."""
+    head, tail, seen = [], [], 0
+    for batch in batches:
+        n = batch_length(batch)
+        if seen + n <= count:
+            head.append(batch)
+        elif seen >= count:
+            tail.append(batch)
+        else:
+            cut = count - seen
+            if isinstance(batch, dict):
+                head.append({k: v[:cut] if torch.is_tensor(v) else v for k, v in batch.items()})
+                tail.append({k: v[cut:] if torch.is_tensor(v) else v for k, v in batch.items()})
+            else:
+                head.append(batch[:cut])
+                tail.append(batch[cut:])
+        seen += n
+    return head, tail
+
+
 __all__ = [
     "IMAGE_COLUMNS",
+    "TEXT_COLUMNS",
+    "batch_length",
+    "find_text_column",
+    "split_batches",
+    "text_calibration_batches",
+    "tokenize_batch",
     "calibration_batches",
     "chunks",
     "column_names",

@@ -18,6 +18,8 @@ from numbers import Real
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .adapters import adapter_class_for_architecture
+from .report import report_layers
 from .version import __version__
 
 
@@ -54,24 +56,6 @@ _PANELS = (
 
 
 # ---- plot --------------------------------------------------------------------------------------------------
-def _layer_rows(report: Mapping) -> list[dict]:
-    layers = report.get("layers") if isinstance(report, Mapping) else None
-    if not layers:
-        raise ValueError(
-            "The pruning report has no 'layers' entry; pass SNPPruner.report (or the pruning_report.json of a "
-            "saved model), which lists the dims of every layer before and after pruning."
-        )
-    keys = [key for key, _ in _PANELS]
-    for row in layers:
-        if not all(
-            isinstance(row.get(side), Mapping) and all(k in row[side] for k in keys) for side in ("before", "after")
-        ):
-            raise ValueError(
-                f"Pruning report layer entry {row!r} lacks 'before'/'after' dims; each needs the keys {keys}."
-            )
-    return list(layers)
-
-
 def plot_pruning_profile(report: Mapping, path: str | os.PathLike) -> str:
     """Save a PNG at `path` with four panels (kept QK dim per head, kept V dim per head, kept MLP units, kept heads),
     one bar per layer, drawn against the original size as an outline. Returns `path` as a string."""
@@ -79,7 +63,7 @@ def plot_pruning_profile(report: Mapping, path: str | os.PathLike) -> str:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    layers = _layer_rows(report)
+    layers = report_layers(report)
     x = [row.get("layer", i) for i, row in enumerate(layers)]
     # The object API (no pyplot) keeps the process-wide backend and figure registry untouched.
     fig = Figure(figsize=(9, 6), layout="constrained")
@@ -179,7 +163,7 @@ def _stage_label(stage: str) -> str:
     return STAGES.get(stage, stage)
 
 
-def _eval_results(results: dict) -> list[EvalResult]:
+def _eval_results(results: dict, task: str = "image-classification") -> list[EvalResult]:
     stages = _stages(results)
     if not stages:
         return []
@@ -190,8 +174,8 @@ def _eval_results(results: dict) -> list[EvalResult]:
             "results['dataset'] = {'name': 'digits', 'type': 'sklearn-digits', 'split': 'test'}."
         )
     common = dict(
-        task_type="image-classification",
-        task_name="Image Classification",
+        task_type=task,
+        task_name=task.replace("-", " ").title(),
         dataset_type=dataset.get("type", dataset["name"]),
         dataset_name=dataset["name"],
         dataset_config=dataset.get("config"),
@@ -307,6 +291,19 @@ def _layers_table(report: Mapping) -> str:
     return "\n".join(rows)
 
 
+def _usage(architecture: str, name: str) -> tuple[str, str]:
+    """(code with optimum-snp installed, code without it) that loads the model `name`."""
+    adapter_cls = adapter_class_for_architecture(architecture)
+    if adapter_cls is None:
+        auto = "AutoModel"
+        with_package = f'import optimum_snp  # noqa: F401\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained("{name}")'
+    else:
+        auto = adapter_cls.auto_class_name(architecture)
+        with_package = adapter_cls.card_snippet(architecture, name)
+    without = f'from transformers import {auto}\n\nmodel = {auto}.from_pretrained("{name}", trust_remote_code=True)'
+    return with_package, without
+
+
 def _body(name: str, report: Mapping, config: dict, results: dict, base_model: str | None) -> str:
     source = base_model or report.get("source")
     if _hub_model_id(source):
@@ -314,6 +311,7 @@ def _body(name: str, report: Mapping, config: dict, results: dict, base_model: s
     else:
         origin = f"from `{source}` " if source else ""
     architecture = report.get("architecture") or "AutoModelForImageClassification"
+    usage = _usage(architecture, name)
     return f"""
 # {name}
 
@@ -349,19 +347,13 @@ Kept / original dimensions per layer:
 With optimum-snp installed, importing it registers the pruned architectures with the transformers Auto classes:
 
 ```python
-import optimum_snp  # noqa: F401
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained("{name}")  # the Hub repo id or the local folder
-image_processor = AutoImageProcessor.from_pretrained("{name}")
+{usage[0]}
 ```
 
 Without optimum-snp, the modeling code shipped with the checkpoint is used:
 
 ```python
-from transformers import AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
+{usage[1]}
 ```
 
 ## Citation
@@ -381,8 +373,12 @@ def write_model_card(
     snp_config: Mapping,
     results: Mapping | None = None,
     base_model: str | None = None,
+    name: str | None = None,
 ) -> str:
     """Write (or update) `save_dir/README.md` and `save_dir/pruning_profile.png`; returns the card's path.
+
+    `name`: the model's name in the card (its title and `model-index`), e.g. the repo id or the final folder name;
+    default: the folder's name.
 
     `report`: `SNPPruner.report`. `snp_config`: `SNPConfig.to_dict()` (an `SNPConfig` works too). `results`:
     accuracies by stage plus the dataset, e.g. {"original": {"top1": 0.97, "top5": 1.0}, "pruned": {...},
@@ -401,18 +397,23 @@ def write_model_card(
 
     old_results, old_metadata = _previous_card(card_path)
     merged = _merge_results(old_results, _clean_results(results))
-    eval_results = _eval_results(merged)  # validates before anything is written
+    architecture = report.get("architecture") or ""
+    adapter_cls = adapter_class_for_architecture(architecture)
+    if adapter_cls is not None:
+        pipeline_tag = adapter_cls.pipeline_tag(architecture)
+    else:
+        pipeline_tag = "image-feature-extraction" if architecture.endswith("Model") else "image-classification"
+    eval_results = _eval_results(merged, pipeline_tag)  # validates before anything is written
     base_model = base_model or old_metadata.get("base_model") or _hub_model_id(report.get("source"))
-    name = os.path.basename(os.path.abspath(save_dir))
+    name = name or os.path.basename(os.path.abspath(save_dir))
 
     plot_pruning_profile(report, os.path.join(save_dir, PLOT_NAME))
     tags = [*BASE_TAGS, _architecture_tag(report.get("architecture"))]
     tags += old_metadata.get("tags") or []
-    architecture = report.get("architecture") or ""
     metadata = ModelCardData(
         base_model=_hub_model_id(base_model),
         library_name="transformers",
-        pipeline_tag="image-feature-extraction" if architecture.endswith("Model") else "image-classification",
+        pipeline_tag=pipeline_tag,
         tags=list(dict.fromkeys(tag for tag in tags if tag)),
         model_name=name if eval_results else None,
         eval_results=eval_results or None,

@@ -86,6 +86,7 @@ def _run(args) -> int:
     from .hub import push_pruned_model
     from .pruner import SNPPruner
     from .slicing import apply_plan
+    from .utils import check_output_dir
 
     config = config_from_args(args)
     show = not args.no_progress
@@ -118,7 +119,7 @@ def _run(args) -> int:
         raise ValueError("--finetune-epochs needs a labelled --dataset.")
 
     pruner = SNPPruner.from_pretrained(model_path)
-    pruner._check_save_dir(args.output_dir, args.overwrite)  # fail before any work
+    check_output_dir(args.output_dir, args.overwrite, source=pruner.source)  # fail before any work
 
     def accuracy(model):
         return evaluate_accuracy(
@@ -161,7 +162,7 @@ def _run(args) -> int:
     rows = [
         ("model", model_path),
         ("criteria", ", ".join(f"{g}={c}" for g, c in report["criteria"].items())),
-        ("calibration images", report["num_calibration_images"]),
+        ("calibration samples", report["num_calibration_samples"]),
         (
             "params",
             f"{report['params']['before'] / 1e6:.3f}M -> {report['params']['after'] / 1e6:.3f}M "
@@ -250,8 +251,15 @@ def run_export_onnx(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optimum.commands.register.register_snp import add_prune_arguments
+    """`snp-prune ...` / `python -m optimum_snp ...` (prune), and `python -m optimum_snp export onnx ...` (the same as
+    `optimum-cli snp export onnx`)."""
+    from optimum.commands.register.register_snp import add_export_onnx_arguments, add_prune_arguments
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["export", "onnx"]:
+        parser = argparse.ArgumentParser(prog="python -m optimum_snp export onnx", description=run_export_onnx.__doc__)
+        add_export_onnx_arguments(parser)
+        return run_export_onnx(parser.parse_args(argv[2:]))
     parser = argparse.ArgumentParser(prog="snp-prune", description=__doc__)
     add_prune_arguments(parser)
     return run_prune(parser.parse_args(argv))

@@ -133,10 +133,17 @@ class SNPConfig:
         default=1e-3,
         metadata={"help": "Ridge of the least-squares refit, relative to the mean of diag(X^T X); >= 0."},
     )
-    num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images."})
+    num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images (or texts)."})
     batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the 'random' criterion."})
     image_column: str | None = field(default=None, metadata={"help": "Image column of the calibration dataset."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column of a text calibration dataset (default: text, sentence, ...)."}
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Second text column, for models that read text pairs (e.g. NLI, QA)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Tokens per calibration text at most (truncation)."})
     ratio_table: str | None = field(default=None, metadata={"help": "Name/path of the ratio table used, if any."})
 
     def __post_init__(self):
@@ -174,7 +181,7 @@ class SNPConfig:
             raise ValueError(f"Unknown `allocation` {self.allocation!r}; choose one of {list(ALLOCATIONS)}.")
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
-        for name in ("num_calibration_samples", "batch_size", "num_validation_samples"):
+        for name in ("num_calibration_samples", "batch_size", "num_validation_samples", "max_length"):
             minimum = 0 if name == "num_validation_samples" else 1
             if not isinstance(getattr(self, name), int) or getattr(self, name) < minimum:
                 raise ValueError(f"`{name}` must be an int >= {minimum}, got {getattr(self, name)!r}.")

@@ -11,10 +11,7 @@ import json
 import math
 import os
 import platform
-import shutil
-import tempfile
 import time
-import uuid
 
 import datasets
 import numpy as np
@@ -26,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification
 
 from .evaluation import evaluate_accuracy
+from .utils import atomic_directory
 from .version import __version__
 
 
@@ -122,41 +120,10 @@ def load_embedded_model(cache_dir: str | None = None, retrain: bool = False, sho
             f"{final_dir} exists but does not hold a complete embedded model (missing one of {list(_MODEL_FILES)}); "
             "delete it, pass another `cache_dir`, or pass `retrain=True` to replace it."
         )
-    parent = os.path.dirname(final_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0o700 would make the shared cache private
-    try:
+    prefix = f".{os.path.basename(final_dir)}.tmp-"
+    with atomic_directory(final_dir, prefix=prefix, shared=True, is_complete=_is_complete) as tmp_dir:
         train_digits_vit(tmp_dir, show_progress=show_progress)
-        _publish(tmp_dir, final_dir, replace=retrain or os.path.exists(final_dir))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # a no-op once published
     return final_dir
-
-
-def _publish(tmp_dir: str, final_dir: str, replace: bool) -> None:
-    """Rename `tmp_dir` to `final_dir`; with `replace`, an existing `final_dir` is moved aside and deleted first."""
-    old_dir = None
-    if replace:
-        old_dir = f"{final_dir}.old-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(final_dir, old_dir)
-        except FileNotFoundError:
-            old_dir = None
-    try:
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        if _is_complete(final_dir):  # a concurrent caller published first: keep its model
-            return
-        if old_dir is not None:  # put the previous model back rather than leave nothing
-            os.rename(old_dir, final_dir)
-            old_dir = None
-        raise
-    finally:
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)
 
 
 def _shift(pixel_values: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

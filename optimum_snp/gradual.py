@@ -389,7 +389,7 @@ class GradualPruningCallback(TrainerCallback):
             "source": original["base_model"],
             "architecture": type(model).__name__,
             "criteria": last.get("criteria", self.config.criterion_per_group()),
-            "num_calibration_images": last.get("num_calibration_images", 0),
+            "num_calibration_samples": last.get("num_calibration_samples", 0),
             "params": {"before": original["params"], "after": size.params, "ratio": size.params / original["params"]},
             "macs": {"before": original["macs"], "after": size.macs, "ratio": size.macs / original["macs"]},
             "target_macs": self._targets[-1],

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters import LayerDims
+from .layer_dims import LayerDims
+from .scoring.snp import other_head_cos
 
 
 @dataclass
@@ -175,6 +176,31 @@ def topk_sorted(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(order[:k].tolist())
 
 
+def greedy_redundancy_keep(
+    contribution: torch.Tensor, abs_cos: torch.Tensor, heads: list[int], keep: int
+) -> list[list[int]]:
+    """The paper's greedy value selection inside the kept `heads`: repeatedly remove the filter with the lowest
+    contribution * (1 - rho) among heads that still have more than `keep` filters, then recompute rho without the
+    removed filters (a filter whose twin was removed is no longer redundant)."""
+    num_heads, dim = contribution.shape
+    removed = torch.zeros(num_heads * dim, dtype=torch.bool)
+    for h in range(num_heads):
+        if h not in heads:
+            removed[h * dim : (h + 1) * dim] = True
+    counts = {h: dim for h in heads}
+    head_of = torch.arange(num_heads * dim) // dim
+    cos = other_head_cos(abs_cos, dim)
+    while any(c > keep for c in counts.values()):
+        rho = cos.masked_fill(removed[None, :], 0.0).max(1).values
+        score = (contribution.flatten() * (1 - rho)).masked_fill(removed, float("inf"))
+        full = torch.tensor([counts.get(int(h), 0) <= keep for h in head_of])
+        score = score.masked_fill(full, float("inf"))
+        victim = int(torch.argmin(score))
+        removed[victim] = True
+        counts[victim // dim] -= 1
+    return [sorted(i for i in range(dim) if not removed[h * dim + i]) for h in sorted(heads)]
+
+
 def plan_from_scores(scores, hidden_size: int, layer_dims: list[LayerDims], ratios) -> PruningPlan:
     """Keeps the highest-scoring units of every group in the numbers that `ratios` (`PruningRatios`) leave."""
     kept_hidden, kept_dims = ratios.kept_dims(hidden_size, layer_dims)
@@ -187,8 +213,6 @@ def plan_from_kept_dims(scores, kept_hidden: int, kept_dims: list[LayerDims]) ->
     Heads are chosen first; query/key and value filters are then chosen inside every kept head, the same number
     in each head of a layer (value filters greedily when the scores carry a redundancy matrix).
     """
-    from .scoring.snp import greedy_redundancy_keep
-
     layers = []
     for layer_scores, kept in zip(scores.layers, kept_dims, strict=True):
         heads = topk_sorted(layer_scores.heads, kept.num_heads)

@@ -17,53 +17,68 @@ import torch
 from torch import nn
 
 from .accounting import architecture_of, model_size_of
-from .adapters import get_adapter
+from .adapters import adapter_class_for, get_adapter, supported_model_classes
 from .allocation import allocate_dims, round_dims, round_kept, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
-from .calibration import calibration_batches, resolve_image_processor
+from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
 from .config import ALLOCATION_EXPONENTS, SNPConfig
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
 from .reconstruction import TargetCache, reconstruct
+from .report import build_report
 from .scoring import magnitude_scores
 from .scoring.snp import snp_scores
 from .slicing import apply_plan
-from .utils import atomic_directory
-from .version import __version__
+from .utils import atomic_directory, check_output_dir
 
 
 logger = logging.getLogger(__name__)
 
 
 class SNPPruner:
-    """Prunes a transformers ViT/DeiT (or an already pruned SNP model) with SNP.
+    """Prunes a supported transformers model (ViT/DeiT image models, BERT-family text encoders, or an already
+    pruned SNP model) with SNP.
 
     Example:
         >>> pruner = SNPPruner.from_pretrained("facebook/deit-small-patch16-224")
         >>> pruned = pruner.prune(SNPConfig(target_macs_ratio=0.5), calibration_dataset="imagenet-1k", save_dir="out")
+        >>> pruner = SNPPruner.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+        >>> pruned = pruner.prune(SNPConfig(target_macs_ratio=0.7), calibration_dataset="stsb_multi_mt", save_dir="o")
+
+    A dataset given by name is streamed: only the calibration samples are downloaded.
     """
 
-    def __init__(self, model: nn.Module, image_processor=None, source: str | None = None):
-        get_adapter(model)  # fails early, listing the supported classes
+    def __init__(self, model: nn.Module, image_processor=None, source: str | None = None, tokenizer=None):
+        self.adapter = get_adapter(model)  # fails early, listing the supported classes
         self.model = model
         self.source = source if source is not None else (getattr(model, "name_or_path", None) or None)
-        self.image_processor = image_processor or resolve_image_processor(self.source, model.config)
+        preprocessor = tokenizer if self.adapter.modality == "text" else image_processor
+        self.preprocessor = preprocessor or self.adapter.load_preprocessor(self.source)
         self.plan: PruningPlan | None = None
         self.report: dict | None = None
 
+    @property
+    def image_processor(self):
+        """The image processor of an image model (None for text models)."""
+        return self.preprocessor if self.adapter.modality == "image" else None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of a text model (None for image models)."""
+        return self.preprocessor if self.adapter.modality == "text" else None
+
     @classmethod
     def from_pretrained(
-        cls, model_or_path: nn.Module | str | os.PathLike, image_processor=None, **kwargs
+        cls, model_or_path: nn.Module | str | os.PathLike, image_processor=None, tokenizer=None, **kwargs
     ) -> SNPPruner:
-        """From a model instance, a local folder or a Hub id (loaded with `AutoModelForImageClassification`;
-        `kwargs` go to `from_pretrained`)."""
+        """From a model instance, a local folder or a Hub id (loaded with the Auto class of the class its config
+        names, e.g. `AutoModelForImageClassification`, `AutoModel` for a sentence-transformers folder; `kwargs` go to
+        `from_pretrained`)."""
         if isinstance(model_or_path, nn.Module):
-            return cls(model_or_path, image_processor=image_processor)
-        from transformers import AutoModelForImageClassification
-
+            return cls(model_or_path, image_processor=image_processor, tokenizer=tokenizer)
         source = os.fspath(model_or_path)
-        model = AutoModelForImageClassification.from_pretrained(source, **kwargs)
-        return cls(model.eval(), image_processor=image_processor, source=source)
+        model = load_model(source, **kwargs)
+        return cls(model.eval(), image_processor=image_processor, source=source, tokenizer=tokenizer)
 
     # ---- the verb ---------------------------------------------------------------------------------------
     def prune(
@@ -80,9 +95,14 @@ class SNPPruner:
         if not isinstance(config, SNPConfig):
             raise ValueError(f"`config` must be an SNPConfig, got {type(config).__name__}.")
         if save_dir is not None:
-            self._check_save_dir(save_dir, overwrite)
+            check_output_dir(save_dir, overwrite, source=self.source)
         adapter = get_adapter(self.model)
         ratios = config.pruning_ratios(adapter.num_layers)
+        if not adapter.supports_hidden_pruning and SNPConfig._nonzero(config.hidden_ratio):
+            raise ValueError(
+                f"{type(self.model).__name__} keeps its hidden channels (the width of its token and sentence "
+                f"embeddings is part of its interface); set hidden_ratio=0 (got {config.hidden_ratio})."
+            )
         criteria = config.criterion_per_group()
         start = time.perf_counter()
 
@@ -101,18 +121,28 @@ class SNPPruner:
                     "(with a MACs target) allocation='scores' or 'uniform'."
                 )
             validate = config.num_validation_samples > 0 and _has_choices(config, criteria)
-            batches = calibration_batches(
-                calibration_dataset,
-                self.image_processor,
+            common = dict(
                 num_samples=config.num_calibration_samples + (config.num_validation_samples if validate else 0),
                 batch_size=config.batch_size,
                 seed=config.seed,
-                image_column=config.image_column,
                 split=split,
                 show_progress=show_progress,
             )
+            if adapter.modality == "text":
+                batches = text_calibration_batches(
+                    calibration_dataset,
+                    self.tokenizer,
+                    text_column=config.text_column,
+                    text_pair_column=config.text_pair_column,
+                    max_length=config.max_length,
+                    **common,
+                )
+            else:
+                batches = calibration_batches(
+                    calibration_dataset, self.image_processor, image_column=config.image_column, **common
+                )
             if validate:
-                batches, held_out = _split_batches(batches, config.num_calibration_samples)
+                batches, held_out = split_batches(batches, config.num_calibration_samples)
         scoring_criteria = {**criteria, "qk": "attention_kl"} if criteria["qk"] == "validated" else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
@@ -203,7 +233,7 @@ class SNPPruner:
         self.report["reconstruction"] = reconstruction
         self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
         if reference is not None:
-            self.report["allocation"]["num_validation_images"] = sum(len(b) for b in held_out)
+            self.report["allocation"]["num_validation_samples"] = sum(batch_length(b) for b in held_out)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
             pruned,
@@ -211,7 +241,7 @@ class SNPPruner:
                 snp_config=config,
                 report=self.report,
                 plan=plan,
-                image_processor=self.image_processor,
+                image_processor=self.preprocessor,
                 base_model=self.source,
             ),
         )
@@ -269,41 +299,23 @@ class SNPPruner:
 
     def _report(self, config, criteria, plan, pruned, batches, scoring_s, total_s) -> dict:
         before, after = model_size_of(self.model), model_size_of(pruned)
-        original = get_adapter(self.model).layer_dims()
-        return {
-            "optimum_snp_version": __version__,
-            "source": self.source,
-            "architecture": type(pruned).__name__,
-            "criteria": criteria,
-            "num_calibration_images": sum(len(b) for b in batches) if batches else 0,
-            "params": {"before": before.params, "after": after.params, "ratio": after.params / before.params},
-            "macs": {"before": before.macs, "after": after.macs, "ratio": after.macs / before.macs},
-            "target_macs": config.target_macs
+        return build_report(
+            source=self.source,
+            architecture=type(pruned).__name__,
+            size_before=before,
+            size_after=after,
+            hidden_before=self.model.config.hidden_size,
+            hidden_after=len(plan.hidden),
+            dims_before=get_adapter(self.model).layer_dims(),
+            dims_after=plan.layer_dims(),
+            criteria=criteria,
+            num_calibration_samples=sum(batch_length(b) for b in batches) if batches else 0,
+            target_macs=config.target_macs
             or (config.target_macs_ratio * before.macs if config.target_macs_ratio else None),
-            "hidden_size": {"before": self.model.config.hidden_size, "after": len(plan.hidden)},
-            "layers": [
-                {"layer": i, "before": o.to_dict(), "after": k.to_dict()}
-                for i, (o, k) in enumerate(zip(original, plan.layer_dims(), strict=True))
-            ],
-            "seconds": {"scoring": round(scoring_s, 3), "total": round(total_s, 3)},
-        }
+            seconds={"scoring": round(scoring_s, 3), "total": round(total_s, 3)},
+        )
 
     # ---- saving -----------------------------------------------------------------------------------------
-    def _check_save_dir(self, save_dir, overwrite: bool) -> None:
-        target = os.path.realpath(os.fspath(save_dir))
-        if self.source and os.path.isdir(self.source) and os.path.realpath(self.source) == target:
-            raise ValueError(
-                f"save_dir {save_dir!r} is the folder the model was loaded from; choose another folder so the "
-                "original model is not overwritten."
-            )
-        if os.path.exists(target) and not os.path.isdir(target):
-            raise ValueError(f"save_dir {save_dir!r} exists and is not a folder.")
-        if os.path.isdir(target) and os.listdir(target) and not overwrite:
-            raise ValueError(
-                f"save_dir {save_dir!r} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose "
-                "an empty folder."
-            )
-
     def save(
         self,
         pruned: nn.Module,
@@ -315,7 +327,7 @@ class SNPPruner:
         """`pruned.save_pretrained` (model, image processor, snp_config.json, plan, report, model card with the
         pruning-profile plot) into a temp folder, then renamed to `save_dir`. `results` (as in
         `card.write_model_card`) are added to what the model carries; `config` replaces the recorded SNPConfig."""
-        self._check_save_dir(save_dir, overwrite)
+        check_output_dir(save_dir, overwrite, source=self.source)
         info = get_pruning_info(pruned)
         if info is None:
             info = PruningInfo(report=self.report, plan=self.plan, base_model=self.source)
@@ -323,12 +335,16 @@ class SNPPruner:
         if config is not None:
             info.snp_config = config
         if info.image_processor is None:
-            info.image_processor = self.image_processor
+            info.image_processor = self.preprocessor
         if results:
             record_results(pruned, results)
         target = os.path.realpath(os.fspath(save_dir))
-        with atomic_directory(target) as tmp:
-            pruned.save_pretrained(tmp)
+        previous, info.name = info.name, os.path.basename(target)  # the card names the folder, not the temp one
+        try:
+            with atomic_directory(target) as tmp:
+                pruned.save_pretrained(tmp)
+        finally:
+            info.name = previous
         logger.info("Saved the pruned model to %s", target)
         return target
 
@@ -341,42 +357,86 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     return criteria["qk"] == "validated" and qk_pruned
 
 
-def _split_batches(batches: list, count: int) -> tuple[list, list]:
-    """The first `count` images (for scoring and reconstruction) and the rest (held out), in batches."""
-    images = torch.cat(batches) if not isinstance(batches[0], dict) else None
-    if images is None:
-        raise ValueError("Held-out validation needs tensor batches.")
-    size = len(batches[0])
-    head, tail = images[:count], images[count:]
-    return list(head.split(size)), list(tail.split(size)) if len(tail) else []
+def load_model(source: str, **kwargs) -> nn.Module:
+    """The model saved in the folder or Hub repo `source`, with the Auto class of the class its config names
+    (`AutoModel` when it names none, e.g. a sentence-transformers folder)."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"Could not load {source!r} (its config): {err} Pass a folder saved with save_pretrained, a Hub id, or a "
+            "model instance."
+        ) from err
+    architectures = getattr(config, "architectures", None) or []
+    try:
+        adapter_cls = adapter_class_for(config)
+        name = architectures[0] if architectures else next(n for n in adapter_cls.snp_classes if n.endswith("Model"))
+        auto = adapter_cls.auto_class_name(name)
+    except ValueError:
+        name = architectures[0] if architectures else "model"
+        raise ValueError(
+            f"optimum-snp supports {', '.join(supported_model_classes())}; not {name} "
+            f"(model_type={config.model_type!r}) in {source!r}. Load a supported class and pass the instance."
+        ) from None
+    return getattr(transformers, auto).from_pretrained(source, **kwargs)
+
+
+def _has_choices(config: SNPConfig, criteria: dict) -> bool:
+    """Whether prune() will compare candidates on held-out images (allocation and/or query/key criterion)."""
+    if config.has_target and config.allocation == "validated":
+        return True
+    qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
+    return criteria["qk"] == "validated" and qk_pruned
+
+
+def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor], str]:
+    """(row groups, kind) of a model output: class logits ('logits': one row per input, or per real token), start
+    and end logits of question answering ('logits': two rows per sequence, over its real tokens), or hidden states
+    ('hidden': one row per real token) of base models."""
+    if getattr(outputs, "start_logits", None) is not None:
+        spans = torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # (batch, 2, tokens)
+        reals = mask.to(spans.device) if mask is not None else torch.ones_like(spans[:, 0], dtype=torch.bool)
+        return [span[:, real] for span, real in zip(spans, reals, strict=True)], "logits"
+    rows, kind = getattr(outputs, "logits", None), "logits"
+    if rows is None:
+        rows, kind = outputs.last_hidden_state, "hidden"
+    if rows.dim() == 3:
+        rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
+    return [rows], kind
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, batches: list) -> torch.Tensor:
-    """The model's logits (or last hidden states) on `batches`, in eval mode."""
+def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
+    """The model's output row groups on `batches` (see `_output_rows`), in eval mode."""
     adapter = get_adapter(model)
     was_training = model.training
     model.eval()
     try:
-        outs = []
+        groups, kind = [], "logits"
         for batch in batches:
-            out = model(**adapter.model_inputs(batch))
-            logits = getattr(out, "logits", None)
-            outs.append((logits if logits is not None else out.last_hidden_state).float())
-        return torch.cat(outs)
+            rows, kind = _output_rows(model(**adapter.model_inputs(batch)), adapter.token_mask(batch))
+            groups += [r.float() for r in rows]
+        return groups, kind
     finally:
         model.train(was_training)
 
 
-def _divergence(reference: torch.Tensor, outputs: torch.Tensor, hidden: list[int]) -> float:
+def _divergence(reference: tuple, outputs: tuple, hidden: list[int]) -> float:
     """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
     their mean squared error relative to the reference's mean square (on the kept `hidden` channels)."""
-    if reference.dim() == 2:
-        log_p, log_q = reference.log_softmax(-1), outputs.log_softmax(-1)
-        return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
-    if reference.shape[-1] != outputs.shape[-1]:
-        reference = reference[..., hidden]
-    return float((reference - outputs).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-30))
+    (ref_groups, kind), out_groups = reference, outputs[0]
+    if kind == "logits":
+        kls = []
+        for ref, out in zip(ref_groups, out_groups, strict=True):
+            log_p, log_q = ref.log_softmax(-1), out.log_softmax(-1)
+            kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
+        return float(torch.cat(kls).mean())
+    ref, out = torch.cat(ref_groups), torch.cat(out_groups)
+    if ref.shape[-1] != out.shape[-1]:
+        ref = ref[..., hidden]
+    return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
 
 
 __all__ = ["PLAN_NAME", "REPORT_NAME", "SNPPruner"]

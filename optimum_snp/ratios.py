@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 
-from .adapters import LayerDims
+from .layer_dims import LayerDims
 
 
 RATIO_TABLE_DIR = "data/snp_ratios"

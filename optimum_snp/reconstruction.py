@@ -64,7 +64,11 @@ class ProjectionStats:
             zeros(()),
         )
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Adds the rows of `x` / `y` (..., features); with `mask` (the leading dims, bool) only the rows it keeps
+        (padding tokens carry no signal)."""
+        if mask is not None:
+            x, y = x[mask], y[mask]
         x = x.detach().reshape(-1, x.shape[-1]).float()
         y = y.detach().reshape(-1, y.shape[-1]).float()
         self.xtx += (x.T @ x).double()
@@ -264,10 +268,12 @@ def reconstruct(
 
 def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden) -> dict:
     sums: dict[tuple[int, str], list] = {}  # (layer, key) -> [sum of the projection's input rows, row count]
+    current = {"mask": None}
 
     def record(where):
         def hook(module, inputs):
-            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
+            x = inputs[0].detach()
+            x = (x[current["mask"]] if current["mask"] is not None else x).double().reshape(-1, x.shape[-1])
             entry = sums.setdefault(where, [0.0, 0])
             entry[0] = entry[0] + x.sum(0)
             entry[1] += x.shape[0]
@@ -282,6 +288,7 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
     ]
     try:
         for batch in batches:
+            current["mask"] = adapter_o.token_mask(batch)
             original(**adapter_o.model_inputs(batch))
     finally:
         for handle in handles:
@@ -330,15 +337,15 @@ def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tenso
 
 
 def _projection_stats(
-    layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor], keep: bool = False
+    layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor], keep: bool = False, masks: list | None = None
 ) -> tuple[ProjectionStats, list]:
     """Statistics of `proj`'s input in the pruned `layer` against the targets. The layer runs up to `proj` only;
     with `keep`, it runs to the end and each batch's (proj input, layer output) is returned too."""
     stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device)
-    current = {"target": None, "input": None}
+    current = {"target": None, "input": None, "mask": None}
 
     def capture(module, inp):
-        stats.add(inp[0], current["target"])
+        stats.add(inp[0], current["target"], current["mask"])
         if not keep:
             raise _Stop
         current["input"] = inp[0].detach()
@@ -346,8 +353,8 @@ def _projection_stats(
     kept = []
     handle = proj.register_forward_pre_hook(capture)
     try:
-        for (h, a, kw), target in zip(inputs, targets, strict=True):
-            current["target"] = target
+        for (h, a, kw), target, mask in zip(inputs, targets, masks or [None] * len(inputs), strict=True):
+            current["target"], current["mask"] = target, mask
             try:
                 out = _run_layer(layer, h, a, kw)
             except _Stop:
@@ -367,6 +374,7 @@ def _least_squares(
     if cache is not None:
         cache.fill(batches)
     inputs_p = _layer_inputs(pruned, adapter_p, batches)
+    masks = [adapter_p.token_mask(batch) for batch in batches]
     keys = [key for key, _ in adapter_o.reconstruction_targets()]
     layers = []
     stats_bytes = 0
@@ -388,7 +396,7 @@ def _least_squares(
             # the last projection, when its output is simply added to the layer's output (pre-norm residual): run
             # the layer to the end once and correct its output after the refit, instead of running it again
             additive = key == keys[-1] and key in adapter_p.residual_output_targets
-            stats, kept = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key), keep=additive)
+            stats, kept = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key), keep=additive, masks=masks)
             before = stats.error(proj.weight, proj.bias)
             old_weight = proj.weight.detach().clone()
             old_bias = proj.bias.detach().clone() if proj.bias is not None else None

@@ -1,35 +1,87 @@
-"""Small helpers shared by the steps that write folders."""
+"""Writing folders: the one output-folder check and the one atomic write, shared by every step that writes."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+def check_output_dir(
+    path: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None, name: str = "save_dir"
+) -> str:
+    """The real path of an output folder, after checking that it can be written: not the folder the model was loaded
+    from (`source`), not a file, and empty unless `overwrite`. `name` is the argument's name in the messages."""
+    target = os.path.realpath(os.fspath(path))
+    shown = os.fspath(path)
+    if source is not None and os.path.isdir(source) and os.path.realpath(os.fspath(source)) == target:
+        raise ValueError(
+            f"{name} {shown!r} is the folder the model was loaded from; choose another folder so the original model "
+            "is not overwritten."
+        )
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"{name} {shown!r} exists and is not a folder; choose a folder path.")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise ValueError(
+            f"{name} {shown!r} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose an empty "
+            "folder."
+        )
+    return target
+
+
 @contextmanager
-def atomic_directory(target: str | os.PathLike, prefix: str = ".snp-tmp-") -> Iterator[str]:
+def atomic_directory(
+    target: str | os.PathLike,
+    prefix: str = ".snp-tmp-",
+    shared: bool = False,
+    is_complete: Callable[[str], bool] | None = None,
+) -> Iterator[str]:
     """Yields an empty temporary folder beside `target`. When the block succeeds the folder becomes `target` (an
     existing `target` is moved aside first and deleted after); on any error it is removed, so `target` is either
-    the old folder or the complete new one, never a half-written one."""
+    the old folder or the complete new one, never a half-written one.
+
+    `shared`: the folder gets the umask's permissions instead of mkdtemp's private 0o700 (a shared cache).
+    `is_complete(target)`: when another process published `target` first (the rename fails), keep its folder if
+    this returns True instead of raising.
+    """
     target = os.path.realpath(os.fspath(target))
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    if shared:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
-        if os.path.isdir(target):
-            trash = tempfile.mkdtemp(prefix=".snp-old-", dir=parent)
-            os.replace(target, os.path.join(trash, "old"))
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, target, is_complete)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a no-op once published
+
+
+def _publish(tmp: str, target: str, is_complete: Callable[[str], bool] | None) -> None:
+    old = None
+    if os.path.lexists(target):
+        old = os.path.join(os.path.dirname(target), f".snp-old-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:  # removed meanwhile
+            old = None
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if is_complete is not None and is_complete(target):  # a concurrent writer published first: keep its folder
+            return
+        if old is not None:  # put the previous folder back rather than leave nothing
+            os.replace(old, target)
+            old = None
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["atomic_directory"]
+__all__ = ["atomic_directory", "check_output_dir"]

@@ -1,7 +1,7 @@
 """Bad input gets a clear error that names it."""
 
 import pytest
-from transformers import BertConfig, BertModel, ViTForMaskedImageModeling
+from transformers import GPT2Config, GPT2Model, ViTForMaskedImageModeling
 
 from optimum_snp import PruningPlan, PruningRatios, SNPViTConfig, apply_plan, build_plan, get_adapter
 
@@ -9,11 +9,11 @@ from .conftest import TINY, random_plan, tiny_model
 
 
 def test_unsupported_architecture_lists_supported():
-    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))  # a decoder: not supported
     with pytest.raises(
-        ValueError, match="cannot prune BertModel.*Supported model classes: .*DeiTForImageClassification"
+        ValueError, match="cannot prune GPT2Model.*Supported model classes: .*DeiTForImageClassification"
     ):
-        get_adapter(bert)
+        get_adapter(gpt2)
     mim = ViTForMaskedImageModeling(tiny_model("vit").config)
     with pytest.raises(ValueError, match="cannot prune ViTForMaskedImageModeling.*ViTForImageClassification"):
         apply_plan(mim, PruningPlan.identity(32, []))

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
 from optimum_snp import apply_plan
+from optimum_snp.cli import main as cli_main
 from optimum_snp.exporters import OnnxValidationError, export_onnx, onnx_session, run_onnx, validate_onnx
 from optimum_snp.exporters import onnx as onnx_exporter
 
@@ -155,7 +156,7 @@ def test_bad_options(tmp_path, kwargs, message):
 
 def test_bad_models(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="ONNX export supports ViT/DeiT and SNP-pruned models, not Linear"):
+    with pytest.raises(ValueError, match="ONNX export supports the models optimum-snp prunes .*, not Linear"):
         export_onnx(nn.Linear(2, 2), out)
     resnet = tmp_path / "resnet"
     ResNetForImageClassification(
@@ -163,7 +164,7 @@ def test_bad_models(tmp_path):
     ).save_pretrained(resnet)
     with pytest.raises(ValueError, match=r"not ResNetForImageClassification \(model_type='resnet'\)"):
         export_onnx(resnet, out)
-    with pytest.raises(ValueError, match="Could not load .*missing.* with AutoModelForImageClassification"):
+    with pytest.raises(ValueError, match="Could not load .*missing"):
         export_onnx(tmp_path / "missing", out)
     with pytest.raises(ValueError, match="model_or_path must be a model instance, a folder or a Hub id, got int"):
         export_onnx(3, out)
@@ -181,7 +182,7 @@ def test_bad_outputs(tmp_path, saved_vit):
     with pytest.raises(ValueError, match="output .* is not empty; pass overwrite=True"):
         export_onnx(saved_vit, out)
     assert os.listdir(out) == ["mine.txt"]
-    with pytest.raises(ValueError, match="is the folder the model is loaded from"):
+    with pytest.raises(ValueError, match="is the folder the model was loaded from"):
         export_onnx(saved_vit, saved_vit, overwrite=True)
     with pytest.raises(ValueError, match="exists and is not a folder"):
         export_onnx(saved_vit, out / "mine.txt")
@@ -200,9 +201,11 @@ def test_cli_errors_are_one_line(tmp_path, saved_vit, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    assert onnx_exporter.main(["--model", str(saved_vit), "--output", str(out)]) == 2
+    assert cli_main(["export", "onnx", "--model", str(saved_vit), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: output") and "--overwrite" in err and err.count("\n") == 1
-    assert onnx_exporter.main(["--model", str(saved_vit), "--output", str(tmp_path / "x"), "--opset", "12"]) == 2
+    assert (
+        cli_main(["export", "onnx", "--model", str(saved_vit), "--output", str(tmp_path / "x"), "--opset", "12"]) == 2
+    )
     assert "opset must be an integer >= 18" in capsys.readouterr().err
     assert os.listdir(out) == ["mine.txt"] and not (tmp_path / "x").exists()

@@ -271,12 +271,10 @@ def test_non_empty_save_dir_needs_overwrite(data, tmp_path):
 
 
 def test_unsupported_model_lists_supported():
-    from transformers import BertConfig, BertModel
+    from transformers import GPT2Config, GPT2Model
 
     with pytest.raises(ValueError, match="Supported model classes: .*ViTForImageClassification"):
-        SNPPruner.from_pretrained(
-            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
-        )
+        SNPPruner.from_pretrained(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100)))
 
 
 @pytest.mark.parametrize("keep", [0.6, 0.35])
@@ -287,7 +285,7 @@ def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, ke
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     allocation = pruner.report["allocation"]
     names = [c["allocation"] for c in allocation["candidates"]]
-    assert names[0] == "uniform" and len(names) >= 2 and allocation["num_validation_images"] == 16
+    assert names[0] == "uniform" and len(names) >= 2 and allocation["num_validation_samples"] == 16
     best = min(allocation["candidates"], key=lambda c: c["divergence"])
     assert allocation["chosen"] == best["allocation"]
     original = model_size_of(model).macs

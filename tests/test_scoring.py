@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from optimum_snp.config import CRITERIA, SNPConfig
+from optimum_snp.plan import greedy_redundancy_keep
 from optimum_snp.scoring.snp import (
     attention_change_scores,
     attention_kl_gram,
-    greedy_redundancy_keep,
     greedy_removal_scores,
     snp_scores,
     svd_share_scores,

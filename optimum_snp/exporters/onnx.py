@@ -13,7 +13,7 @@ CPU, and under SDPA on CPU an SNP model zero-pads the narrower of its q/k and v 
 that the graph would then carry. The output folder is written atomically (temporary folder, then rename) and only after onnxruntime reproduced
 the PyTorch outputs within `atol`.
 
-Command line: `optimum-cli snp export onnx --model DIR --output DIR`, or `python -m optimum_snp.exporters.onnx`.
+Command line: `optimum-cli snp export onnx --model DIR --output DIR`, or `python -m optimum_snp export onnx ...`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..utils import atomic_directory
+from ..utils import atomic_directory, check_output_dir
 
 
 ONNX_NAME = "model.onnx"
@@ -37,9 +37,21 @@ MIN_OPSET = 18  # the lowest opset the torch.export-based exporter implements wi
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 EXPORT_BATCH_SIZE = 2  # the example batch of the export; validation uses other sizes to prove the axis is dynamic
 # files copied from a source folder so that the ONNX folder describes itself (labels, preprocessing, pruning)
-SIDE_FILES = ("config.json", "preprocessor_config.json", "snp_config.json")
+SIDE_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "snp_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+)
 # graphs above protobuf's 2 GB limit keep their weights in `model.onnx.data`
 EXTERNAL_DATA_BYTES = 1_800_000_000
+logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'optimum-snp[onnx]' (or: pip install onnx onnxscript onnxruntime)"
 
 
@@ -68,16 +80,18 @@ class OnnxExportResult:
 
 
 class _ExportWrapper(nn.Module):
-    """`pixel_values` -> a tuple of the named output tensors (ModelOutput dataclasses are not ONNX outputs)."""
+    """The model's inputs (positional, in `input_names` order) -> a tuple of the named output tensors (ModelOutput
+    dataclasses are not ONNX outputs)."""
 
-    def __init__(self, model: nn.Module, output_names: list[str]):
+    def __init__(self, model: nn.Module, input_names: list[str], output_names: list[str]):
         super().__init__()
         self.model = model
+        self.input_names = input_names
         self.output_names = output_names
         self.train(model.training)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.model(pixel_values=pixel_values, return_dict=True)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
         return tuple(outputs[name] for name in self.output_names)
 
 
@@ -106,65 +120,28 @@ def _check_options(opset, atol, attn_implementation, batch_sizes) -> None:
         raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}.")
 
 
-def _check_output_dir(output, overwrite: bool, source: str | None) -> str:
-    target = os.path.realpath(os.fspath(output))
-    if source is not None and os.path.isdir(source) and os.path.realpath(source) == target:
-        raise ValueError(
-            f"output {os.fspath(output)!r} is the folder the model is loaded from; choose another folder so the "
-            "PyTorch model is not overwritten."
-        )
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise ValueError(f"output {os.fspath(output)!r} exists and is not a folder; choose a folder path.")
-    if os.path.isdir(target) and os.listdir(target) and not overwrite:
-        raise ValueError(
-            f"output {os.fspath(output)!r} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or "
-            "choose an empty folder."
-        )
-    return target
-
-
 def _load_model(source: str) -> nn.Module:
-    # SNP checkpoints load too: importing this module ran optimum_snp/__init__, which registers them
-    from transformers import AutoModelForImageClassification
+    from ..pruner import load_model
+
+    return load_model(source)
+
+
+def _adapter(model: nn.Module):
+    from ..adapters import get_adapter, supported_model_classes
 
     try:
-        return AutoModelForImageClassification.from_pretrained(source)
-    except (OSError, ValueError) as err:
+        return get_adapter(model)
+    except ValueError:
         raise ValueError(
-            f"Could not load {source!r} with AutoModelForImageClassification: {err} Pass a folder saved with "
-            "save_pretrained (a ViT/DeiT or SNP-pruned image classifier), a Hub id, or a model instance."
-        ) from err
+            f"ONNX export supports the models optimum-snp prunes (stock and SNP-pruned), not {type(model).__name__} "
+            f"(model_type={getattr(getattr(model, 'config', None), 'model_type', None)!r}). Supported classes: "
+            f"{', '.join(supported_model_classes())}."
+        ) from None
 
 
 def output_names_of(model: nn.Module) -> list[str]:
     """The ONNX outputs of a supported model class (ValueError for any other class)."""
-    from ..adapters import get_adapter, supported_model_classes
-
-    try:
-        get_adapter(model)
-    except ValueError:
-        raise ValueError(
-            f"ONNX export supports ViT/DeiT and SNP-pruned models, not {type(model).__name__} "
-            f"(model_type={getattr(getattr(model, 'config', None), 'model_type', None)!r}). Supported classes: "
-            f"{', '.join(supported_model_classes())}."
-        ) from None
-    name = type(model).__name__
-    if name.endswith("ForImageClassificationWithTeacher"):
-        return ["logits", "cls_logits", "distillation_logits"]
-    if name.endswith("ForImageClassification"):
-        return ["logits"]
-    return ["last_hidden_state"] + (["pooler_output"] if getattr(model, "pooler", None) is not None else [])
-
-
-def _input_shape(config, batch_size: int) -> tuple[int, int, int, int]:
-    size = config.image_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return (batch_size, config.num_channels, height, width)
-
-
-def _random_pixels(config, batch_size: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(_input_shape(config, batch_size), generator=generator)
+    return _adapter(model).onnx_output_names()
 
 
 class _ExportMode:
@@ -191,8 +168,13 @@ class _ExportMode:
 # ---- export and validation -----------------------------------------------------------------------------------
 def _torch_export(model: nn.Module, path: str, output_names: list[str], opset: int) -> None:
     """Writes `model` (an `_ExportWrapper`) to `path` with a dynamic batch axis."""
-    config = model.model.config
-    example = _random_pixels(config, EXPORT_BATCH_SIZE, seed=0)
+    adapter = _adapter(model.model)
+    example = adapter.onnx_inputs(EXPORT_BATCH_SIZE)
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic = {
+        name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+        for name, axes in adapter.onnx_dynamic_axes().items()
+    }
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     # torch.onnx logs that it skips torchvision's operators when torchvision is not installed: not our concern
     registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -205,13 +187,13 @@ def _torch_export(model: nn.Module, path: str, output_names: list[str], opset: i
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 model,
-                (example,),
+                tuple(example.values()),
                 path,
-                input_names=["pixel_values"],
+                input_names=list(example),
                 output_names=output_names,
                 opset_version=opset,
                 dynamo=True,
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}},
+                dynamic_shapes=(tuple(dynamic[name] for name in example),),  # forward(*inputs): one varargs tuple
                 external_data=size > EXTERNAL_DATA_BYTES,
                 optimize=True,
                 verbose=False,
@@ -242,11 +224,13 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None, provid
         ) from err
 
 
-def run_onnx(session, pixel_values) -> dict:
-    """{output name: numpy array} of an onnxruntime session on `pixel_values` (a tensor or a float32 array)."""
-    if isinstance(pixel_values, torch.Tensor):
-        pixel_values = pixel_values.detach().cpu().numpy()
-    outputs = session.run(None, {session.get_inputs()[0].name: pixel_values})
+def run_onnx(session, inputs) -> dict:
+    """{output name: numpy array} of an onnxruntime session on `inputs`: a dict of model inputs (tensors or arrays),
+    or the main input alone (e.g. `pixel_values`)."""
+    if not isinstance(inputs, dict):
+        inputs = {session.get_inputs()[0].name: inputs}
+    feed = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    outputs = session.run(None, feed)
     return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
 
 
@@ -263,18 +247,19 @@ def validate_onnx(
     Returns the max abs difference per output; raises `OnnxValidationError` when one exceeds `atol`.
     `attn_implementation` (default: the model's own) is used for the PyTorch reference.
     """
+    adapter = _adapter(model)
     output_names = output_names_of(model)
     session = onnx_session(path)
     missing = [name for name in output_names if name not in {o.name for o in session.get_outputs()}]
     if missing:
         raise OnnxValidationError(f"The ONNX model at {os.fspath(path)!r} has no output(s) {missing}.")
-    wrapper = _ExportWrapper(model, output_names)
+    wrapper = _ExportWrapper(model, adapter.input_names, output_names)
     diffs = dict.fromkeys(output_names, 0.0)
     with _ExportMode(model, attn_implementation or model.config._attn_implementation), torch.no_grad():
         for i, batch_size in enumerate(batch_sizes):
-            pixels = _random_pixels(model.config, batch_size, seed=seed + i)
-            expected = wrapper(pixels)
-            got = run_onnx(session, pixels)
+            inputs = adapter.onnx_inputs(batch_size, seed=seed + i, variant=i)
+            expected = wrapper(*inputs.values())
+            got = run_onnx(session, inputs)
             for name, reference in zip(output_names, expected, strict=True):
                 if got[name].shape != tuple(reference.shape):
                     raise OnnxValidationError(
@@ -302,10 +287,11 @@ def _copy_side_files(tmp: str, model: nn.Module, source: str | None, image_proce
         model.config.to_json_file(os.path.join(tmp, "config.json"))  # not save_pretrained: no modeling code here
     if image_processor is not None:
         image_processor.save_pretrained(tmp)
-    elif source is not None and not os.path.isdir(source):  # a Hub id: its processor when it has one
-        from ..calibration import resolve_image_processor
-
-        resolve_image_processor(source, model.config).save_pretrained(tmp)
+    elif source is not None and not os.path.isdir(source):  # a Hub id: its preprocessor when it has one
+        try:
+            _adapter(model).load_preprocessor(source).save_pretrained(tmp)
+        except (OSError, ValueError) as err:
+            logger.warning("No preprocessor saved next to the ONNX model: %s", err)
 
 
 def export_onnx(
@@ -319,11 +305,12 @@ def export_onnx(
     overwrite: bool = False,
     image_processor=None,
 ) -> OnnxExportResult:
-    """Exports a ViT/DeiT (stock or SNP-pruned) image classifier to `output/model.onnx`.
+    """Exports a model optimum-snp supports (stock or SNP-pruned; image or text) to `output/model.onnx`, with a
+    dynamic batch axis (and a dynamic sequence axis for text models).
 
     Args:
-        model_or_path: a model instance, or a folder / Hub id loaded with `AutoModelForImageClassification`
-            (after `import optimum_snp`, so pruned checkpoints load too).
+        model_or_path: a model instance, or a folder / Hub id (loaded with the Auto class of the class its config
+            names, after `import optimum_snp`, so pruned checkpoints load too).
         output: the folder to write: `model.onnx`, plus `config.json` and, from a source folder,
             `preprocessor_config.json` and `snp_config.json`, so that the folder describes itself.
         opset: ONNX opset (>= 18).
@@ -346,7 +333,7 @@ def export_onnx(
         raise ValueError(
             f"model_or_path must be a model instance, a folder or a Hub id, got {type(model_or_path).__name__}."
         )
-    target = _check_output_dir(output, overwrite, source)
+    target = check_output_dir(output, overwrite, source=source, name="output")
     _import("onnxscript", "ONNX export")  # torch.onnx's exporter imports both lazily; fail before any work
     _import("onnx", "ONNX export")
     if validate:
@@ -362,7 +349,8 @@ def export_onnx(
     with atomic_directory(target, prefix=".snp-onnx-tmp-") as tmp:
         path = os.path.join(tmp, ONNX_NAME)
         with _ExportMode(model, attn_implementation):
-            _torch_export(_ExportWrapper(model, output_names), path, output_names, opset)
+            wrapper = _ExportWrapper(model, _adapter(model).input_names, output_names)
+            _torch_export(wrapper, path, output_names, opset)
         diffs = (
             validate_onnx(path, model, batch_sizes, atol, attn_implementation=attn_implementation) if validate else {}
         )
@@ -372,7 +360,7 @@ def export_onnx(
         path=os.path.join(target, ONNX_NAME),
         output_dir=target,
         opset=opset,
-        input_names=["pixel_values"],
+        input_names=_adapter(model).input_names,
         output_names=output_names,
         attn_implementation=attn_implementation,
         max_abs_diff=max(diffs.values()) if diffs else None,
@@ -381,19 +369,6 @@ def export_onnx(
         max_abs_diff_per_output=diffs,
         files=files,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m optimum_snp.exporters.onnx --model DIR --output DIR`: the same as `optimum-cli snp export onnx`."""
-    import argparse
-
-    from optimum.commands.register.register_snp import add_export_onnx_arguments
-
-    from ..cli import run_export_onnx
-
-    parser = argparse.ArgumentParser(prog="python -m optimum_snp.exporters.onnx", description=__doc__.split("\n")[0])
-    add_export_onnx_arguments(parser)
-    return run_export_onnx(parser.parse_args(argv))
 
 
 __all__ = [
@@ -405,7 +380,3 @@ __all__ = [
     "run_onnx",
     "validate_onnx",
 ]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

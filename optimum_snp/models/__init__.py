@@ -1,8 +1,9 @@
-"""The SNP-pruned model family (configs + modeling), registered with the transformers Auto classes."""
-
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+"""The SNP-pruned model families (configs + modeling). Each file pair imports only transformers and its siblings, so
+it can be copied next to a checkpoint for `trust_remote_code=True`; the architectures' adapters register them with
+the transformers Auto classes (`optimum_snp.adapters.register_adapter`)."""
 
 from .configuration_snp import SNPDeiTConfig, SNPViTConfig
+from .configuration_snp_bert import SNPBertConfig, SNPRobertaConfig, SNPXLMRobertaConfig
 from .modeling_snp import (
     SNPDeiTForImageClassification,
     SNPDeiTForImageClassificationWithTeacher,
@@ -12,31 +13,28 @@ from .modeling_snp import (
     SNPViTModel,
     SNPViTPreTrainedModel,
 )
-
-
-def register_auto_classes() -> None:
-    """Makes `AutoConfig` / `AutoModel` / `AutoModelForImageClassification` know the SNP models, and makes
-    `save_pretrained` write `auto_map` plus these files so checkpoints also load with `trust_remote_code=True`."""
-    AutoConfig.register(SNPViTConfig.model_type, SNPViTConfig, exist_ok=True)
-    AutoConfig.register(SNPDeiTConfig.model_type, SNPDeiTConfig, exist_ok=True)
-    AutoModel.register(SNPViTConfig, SNPViTModel, exist_ok=True)
-    AutoModel.register(SNPDeiTConfig, SNPDeiTModel, exist_ok=True)
-    AutoModelForImageClassification.register(SNPViTConfig, SNPViTForImageClassification, exist_ok=True)
-    # like transformers' DeiT: the saved `architectures` picks between the two classification classes
-    AutoModelForImageClassification.register(
-        SNPDeiTConfig, (SNPDeiTForImageClassification, SNPDeiTForImageClassificationWithTeacher), exist_ok=True
-    )
-    SNPViTConfig.register_for_auto_class("AutoConfig")
-    SNPDeiTConfig.register_for_auto_class("AutoConfig")
-    SNPViTModel.register_for_auto_class("AutoModel")
-    SNPDeiTModel.register_for_auto_class("AutoModel")
-    for cls in (SNPViTForImageClassification, SNPDeiTForImageClassification, SNPDeiTForImageClassificationWithTeacher):
-        cls.register_for_auto_class("AutoModelForImageClassification")
+from .modeling_snp_bert import (
+    SNPBertForMaskedLM,
+    SNPBertForQuestionAnswering,
+    SNPBertForSequenceClassification,
+    SNPBertForTokenClassification,
+    SNPBertModel,
+    SNPBertPreTrainedModel,
+    SNPRobertaForMaskedLM,
+    SNPRobertaForQuestionAnswering,
+    SNPRobertaForSequenceClassification,
+    SNPRobertaForTokenClassification,
+    SNPRobertaModel,
+    SNPXLMRobertaModel,
+)
 
 
 __all__ = [
     "SNPViTConfig",
     "SNPDeiTConfig",
+    "SNPBertConfig",
+    "SNPRobertaConfig",
+    "SNPXLMRobertaConfig",
     "SNPViTPreTrainedModel",
     "SNPViTModel",
     "SNPViTForImageClassification",
@@ -44,5 +42,16 @@ __all__ = [
     "SNPDeiTModel",
     "SNPDeiTForImageClassification",
     "SNPDeiTForImageClassificationWithTeacher",
-    "register_auto_classes",
+    "SNPBertPreTrainedModel",
+    "SNPBertModel",
+    "SNPBertForSequenceClassification",
+    "SNPBertForTokenClassification",
+    "SNPBertForQuestionAnswering",
+    "SNPBertForMaskedLM",
+    "SNPRobertaModel",
+    "SNPRobertaForSequenceClassification",
+    "SNPRobertaForTokenClassification",
+    "SNPRobertaForQuestionAnswering",
+    "SNPRobertaForMaskedLM",
+    "SNPXLMRobertaModel",
 ]

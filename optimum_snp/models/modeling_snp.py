@@ -5,7 +5,8 @@ Parameter names are identical to transformers' `ViT*` / `DeiT*` models, so a pru
 one with rows/columns removed. Attention keeps the ORIGINAL logit scale (`config.original_head_dim ** -0.5`)
 and supports a value head dim different from the query/key head dim, in eager and SDPA attention alike.
 
-This file only uses sibling imports so that it can be copied next to a checkpoint for `trust_remote_code=True`.
+This file only uses sibling imports so that it can be copied next to a checkpoint for `trust_remote_code=True`;
+optimum-snp, when installed, adds its save/load extras (pruning files, model card) from its own side.
 """
 
 from collections.abc import Callable
@@ -25,16 +26,6 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_snp import SNPDeiTConfig, SNPViTConfig
-
-
-def _optimum_snp_artifacts():
-    """`optimum_snp.artifacts` when optimum-snp is installed (it saves the pruning files and the model card next to
-    the weights), else None: without the package these models save and push like any transformers model."""
-    try:
-        from optimum_snp import artifacts
-    except ImportError:
-        return None
-    return artifacts
 
 
 class SNPAttention(nn.Module):
@@ -148,27 +139,7 @@ class SNPViTPreTrainedModel(PreTrainedModel):
             for tensor in [*model.parameters(), *model.buffers()]:
                 if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
                     tensor.data = tensor.data.clone()
-        artifacts = _optimum_snp_artifacts()
-        if artifacts is not None:  # the SNP config, plan, report, image processor and accuracies saved with it
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            artifacts.load_pruning_info(model, source, **kwargs)
         return model
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`; with optimum-snp installed it also writes `snp_config.json`, the pruning
-        plan and report, the image processor and the model card (`README.md` + `pruning_profile.png`)."""
-        artifacts = _optimum_snp_artifacts()
-        if artifacts is None:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        return artifacts.save_pretrained_with_info(super().save_pretrained, self, save_directory, *args, **kwargs)
-
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """`PushToHubMixin.push_to_hub`; with optimum-snp installed it uploads everything `save_pretrained` writes,
-        keeping the SNP model card (transformers' would replace it with a generic one)."""
-        artifacts = _optimum_snp_artifacts()
-        if artifacts is None:
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        return artifacts.push_model(self, repo_id, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -27,7 +27,7 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
 Value criteria (per head h, filter i; o_hi = A_h v_i, the N-vector sent to o_proj):
     "contribution"  ||o_hi|| * ||W_o[:, (h, i)]||
     "redundancy"    the paper's: contribution * (1 - rho_hi), rho = max |cos(o_hi, o_gj)| over other heads g, with
-                    the greedy update when filters are removed (see `greedy_redundancy_keep`)
+                    the greedy update when filters are removed (see `plan.greedy_redundancy_keep`)
     "redundancy_only"  1 - rho_hi (greedy as well)
 MLP unit j: E||act_j|| * ||W_fc2[:, j]||. Head h: E||O_h W_o,h^T||. Hidden channel c: sum over every LayerNorm
 output of E[x_c^2] times the squared norm of the columns c of the weights that read it (q/k/v, fc1, heads).
@@ -83,6 +83,7 @@ class SNPStatistics:
         self.hidden_sum: torch.Tensor | None = None
         self._handles: list = []
         self._qk_only = False  # later passes of "attention_iterative" accumulate nothing else
+        self._mask: torch.Tensor | None = None  # real (not padding) tokens of the current batch
 
     # ---- hooks ------------------------------------------------------------------------------------------
     def __enter__(self):
@@ -95,22 +96,16 @@ class SNPStatistics:
                 mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
                 mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)),
             ]
-            if self.criteria["hidden"] == "contribution":
-                readers = {
-                    "layernorm_before": [mods["q_proj"], mods["k_proj"], mods["v_proj"]],
-                    "layernorm_after": [mods["fc1"]],
-                }
-                self._handles += [
-                    mods[norm].register_forward_hook(self._hidden_hook(modules, f"layer {idx} {norm}"))
-                    for norm, modules in readers.items()
-                ]
         if self.criteria["hidden"] == "contribution":
-            final_readers = self.adapter.classifier_modules()
-            base = self.adapter.base_model()
-            if getattr(base, "pooler", None) is not None:
-                final_readers = [*final_readers, base.pooler.dense]
-            hook = self._hidden_hook(final_readers, "final layernorm")
-            self._handles.append(base.layernorm.register_forward_hook(hook))
+            if not self.adapter.supports_hidden_pruning:
+                raise ValueError(
+                    f"{type(self.model).__name__} keeps its hidden channels (the width of its embeddings is part of its "
+                    "interface); use criterion={'hidden': 'magnitude'} or leave the hidden ratio at 0."
+                )
+            self._handles += [
+                module.register_forward_hook(self._hidden_hook(readers, where))
+                for module, readers, where in self.adapter.hidden_readers()
+            ]
         return self
 
     def __exit__(self, *exc):
@@ -138,7 +133,8 @@ class SNPStatistics:
     def _hidden_hook(self, readers: list[nn.Module], where: str):
         def hook(module, inputs, output):
             self._check_finite(output, where)
-            energy = output.detach().double().pow(2).sum(dim=(0, 1))  # sum over images and tokens
+            output = self._masked(output.detach())
+            energy = output.double().pow(2).sum(dim=(0, 1))  # sum over inputs and tokens
             if readers:
                 energy = energy * sum(_col_sq_norms(r.weight).double() for r in readers)
             self.hidden_sum = energy if self.hidden_sum is None else self.hidden_sum + energy
@@ -149,7 +145,7 @@ class SNPStatistics:
         def hook(module, inputs):
             if self._qk_only:
                 return
-            act = inputs[0].detach()
+            act = self._masked(inputs[0].detach())
             self._check_finite(act, f"layer {idx} MLP")
             stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
             if idx == len(self.layers) - 1:
@@ -160,7 +156,7 @@ class SNPStatistics:
     def _attention_hook(self, idx, stats, mods):
         def hook(module, inputs):
             d = stats.dims
-            out = inputs[0].detach().float()  # (B, N, H * d_v): column (h, i) is A_h v_i
+            out = self._masked(inputs[0].detach().float())  # (B, N, H * d_v): column (h, i) is A_h v_i
             self._check_finite(out, f"layer {idx} attention")
             batch, tokens = out.shape[:2]
             if self.criteria["qk"] in (
@@ -172,7 +168,7 @@ class SNPStatistics:
                 "qk_norm",
                 "logits",
             ):
-                self._qk_stats(stats, mods["attention"].scaling, batch, tokens)
+                self._qk_stats(stats, self.adapter.attention_scaling(idx), batch, tokens)
             stats.q = stats.k = None
             if self._qk_only:
                 return
@@ -191,10 +187,25 @@ class SNPStatistics:
 
         return hook
 
+    def _masked(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (batch, tokens, ...) with the padding tokens' rows zeroed (they add nothing to the sums)."""
+        if self._mask is None:
+            return tensor
+        return tensor * self._mask.view(*self._mask.shape, *([1] * (tensor.dim() - 2))).to(tensor.dtype)
+
     def _qk_stats(self, stats, scaling, batch, tokens):
         d = stats.dims
         q = stats.q.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)  # (B, H, N, d)
         k = stats.k.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)
+        if self._mask is None:
+            self._qk_stats_of(stats, scaling, q, k)
+            return
+        # padded batch: each sequence on its real tokens alone, as if it had been run by itself
+        for b in range(batch):
+            real = self._mask[b]
+            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real])
+
+    def _qk_stats_of(self, stats, scaling, q, k):
         crit = self.criteria["qk"]
         if crit == "qk_norm":
             stats.add("qk", (q.pow(2).sum(2).sqrt() * k.pow(2).sum(2).sqrt()).sum(0))
@@ -215,11 +226,9 @@ class SNPStatistics:
 
     # ---- calibration ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, batches: Iterable[torch.Tensor], show_progress: bool = True) -> SNPStatistics:
+    def run(self, batches: Iterable, show_progress: bool = True) -> SNPStatistics:
         from tqdm.auto import tqdm
 
-        device = next(self.model.parameters()).device
-        dtype = next(self.model.parameters()).dtype
         was_training = self.model.training
         self.model.eval()
         try:
@@ -228,15 +237,18 @@ class SNPStatistics:
                 for round_idx in range(rounds):
                     self._qk_only = round_idx > 0
                     desc = "SNP calibration" + (f" (pass {round_idx + 1}/{rounds})" if rounds > 1 else "")
-                    for pixel_values in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
-                        self.model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+                    for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+                        self._mask = self.adapter.token_mask(batch)
+                        self.model(**self.adapter.model_inputs(batch))
+                    self._mask = None
                     if rounds > 1:
                         self._remove_weakest_pairs(round_idx, last=round_idx == rounds - 1)
         finally:
             self._qk_only = False
+            self._mask = None
             self.model.train(was_training)
         if self.num_images == 0:
-            raise ValueError("The calibration data yielded no images; give a non-empty calibration dataset.")
+            raise ValueError("The calibration data yielded no samples; give a non-empty calibration dataset.")
         return self
 
     def _remove_weakest_pairs(self, round_idx: int, last: bool) -> None:
@@ -406,7 +418,7 @@ def svd_share_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, rank: int
     return share.abs().sum(-2)
 
 
-def _other_head_cos(abs_cos: torch.Tensor, dim: int) -> torch.Tensor:
+def other_head_cos(abs_cos: torch.Tensor, dim: int) -> torch.Tensor:
     """|cos| between filters of different heads (same-head pairs set to 0). abs_cos: (H*d, H*d)."""
     head_of = torch.arange(abs_cos.shape[0]) // dim
     return abs_cos.masked_fill(head_of[:, None] == head_of[None, :], 0.0)
@@ -414,32 +426,7 @@ def _other_head_cos(abs_cos: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _max_other_head_cos(abs_cos: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     """rho of every filter: max |cos| with a filter of another head. Returns (H, d)."""
-    return _other_head_cos(abs_cos, dim).max(1).values.view(heads, dim)
-
-
-def greedy_redundancy_keep(
-    contribution: torch.Tensor, abs_cos: torch.Tensor, heads: list[int], keep: int
-) -> list[list[int]]:
-    """The paper's greedy value selection inside the kept `heads`: repeatedly remove the filter with the lowest
-    contribution * (1 - rho) among heads that still have more than `keep` filters, then recompute rho without the
-    removed filters (a filter whose twin was removed is no longer redundant)."""
-    num_heads, dim = contribution.shape
-    removed = torch.zeros(num_heads * dim, dtype=torch.bool)
-    for h in range(num_heads):
-        if h not in heads:
-            removed[h * dim : (h + 1) * dim] = True
-    counts = {h: dim for h in heads}
-    head_of = torch.arange(num_heads * dim) // dim
-    cos = _other_head_cos(abs_cos, dim)
-    while any(c > keep for c in counts.values()):
-        rho = cos.masked_fill(removed[None, :], 0.0).max(1).values
-        score = (contribution.flatten() * (1 - rho)).masked_fill(removed, float("inf"))
-        full = torch.tensor([counts.get(int(h), 0) <= keep for h in head_of])
-        score = score.masked_fill(full, float("inf"))
-        victim = int(torch.argmin(score))
-        removed[victim] = True
-        counts[victim // dim] -= 1
-    return [sorted(i for i in range(dim) if not removed[h * dim + i]) for h in sorted(heads)]
+    return other_head_cos(abs_cos, dim).max(1).values.view(heads, dim)
 
 
 def snp_scores(

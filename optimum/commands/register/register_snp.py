@@ -97,7 +97,7 @@ def add_prune_arguments(parser) -> None:
 
 
 def add_export_onnx_arguments(parser) -> None:
-    """Options of `optimum-cli snp export onnx` and `python -m optimum_snp.exporters.onnx`."""
+    """Options of `optimum-cli snp export onnx` and `python -m optimum_snp export onnx`."""
     parser.add_argument(
         "--model",
         "-m",

@@ -1,0 +1,108 @@
+"""What the text-encoder adapters share: token inputs, a tokenizer, sequence-length sizes, text tasks."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ArchitectureAdapter
+
+
+DEFAULT_SEQUENCE_LENGTH = 128  # tokens per sequence when sizes are counted without an explicit length
+
+TEXT_PIPELINE_TAGS = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMaskedLM": "fill-mask",
+}
+
+
+def text_snp_classes(stock_prefix: str, classes: dict[str, type]) -> dict[str, tuple[type, str]]:
+    """{stock or SNP class name: (SNP class, Auto class name)} for the usual text heads; `classes` maps a head suffix
+    ('Model', 'ForSequenceClassification', ...) to its SNP class."""
+    autos = {
+        "Model": "AutoModel",
+        "ForSequenceClassification": "AutoModelForSequenceClassification",
+        "ForTokenClassification": "AutoModelForTokenClassification",
+        "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+        "ForMaskedLM": "AutoModelForMaskedLM",
+    }
+    table = {}
+    for suffix, snp_cls in classes.items():
+        table[stock_prefix + suffix] = table["SNP" + stock_prefix + suffix] = (snp_cls, autos[suffix])
+    return table
+
+
+class TextEncoderAdapter(ArchitectureAdapter):
+    """Base of the text encoders: `input_ids` + `attention_mask`, a tokenizer, sizes at a sequence length. Hidden
+    channels are not pruned: the width of token and sentence embeddings is part of the model's interface."""
+
+    modality = "text"
+    main_input_name = "input_ids"
+    supports_hidden_pruning = False
+    pipeline_tags = TEXT_PIPELINE_TAGS
+    uses_token_type_ids = True
+
+    @classmethod
+    def num_tokens(cls, config, input_size=None) -> int:
+        """`input_size` tokens per sequence (default `DEFAULT_SEQUENCE_LENGTH`, at most the position table)."""
+        length = int(input_size or DEFAULT_SEQUENCE_LENGTH)
+        return min(length, cls.max_positions(config))
+
+    @classmethod
+    def max_positions(cls, config) -> int:
+        return config.max_position_embeddings
+
+    def load_preprocessor(self, source: str | None):
+        from transformers import AutoTokenizer
+
+        if source is None:
+            raise ValueError(
+                f"{type(self.model).__name__} is a text model: pass its tokenizer (SNPPruner(model, tokenizer=...) "
+                "or SNPPruner.from_pretrained(path_or_hub_id))."
+            )
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"Could not load the tokenizer of {source!r}: {err} Pass `tokenizer=...` to SNPPruner."
+            ) from err
+
+    def onnx_inputs(self, batch_size: int, seed: int = 0, variant: int = 0) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        length = 16 + 7 * variant
+        vocab = self.config.vocab_size
+        ids = torch.randint(min(5, vocab - 1), vocab, (batch_size, length), generator=generator)
+        mask = torch.ones_like(ids)
+        if variant and batch_size > 1:  # a padded sequence too
+            mask[-1, length // 2 :] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if self.uses_token_type_ids:
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        return inputs
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {0: "batch_size", 1: "sequence_length"} for name in self.onnx_inputs(1)}
+
+    def onnx_output_names(self) -> list[str]:
+        name = self.class_name
+        if name.endswith("ForQuestionAnswering"):
+            return ["start_logits", "end_logits"]
+        if name.endswith("Model"):
+            return ["last_hidden_state"] + (
+                ["pooler_output"] if getattr(self.model, "pooler", None) is not None else []
+            )
+        return ["logits"]
+
+    @classmethod
+    def card_snippet(cls, class_name: str, name: str) -> str:
+        auto = cls.auto_class_name(class_name)
+        return (
+            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
+            f"from transformers import AutoTokenizer, {auto}\n\n"
+            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
+        )
+
+
+__all__ = ["DEFAULT_SEQUENCE_LENGTH", "TextEncoderAdapter", "text_snp_classes"]

@@ -1,0 +1,228 @@
+"""ViT and DeiT (transformers' stock classes and the SNP-pruned family): pre-norm blocks, a patch embedding, a class
+(and for DeiT a distillation) token; every group of SNP_METHOD section 2, hidden channels included.
+
+Parameter names are shared by the stock models and the SNP models, so one adapter serves both, and an already pruned
+model can be pruned again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..layer_dims import ModelSize
+from ..models.configuration_snp import SNPDeiTConfig, SNPViTConfig
+from ..models.modeling_snp import (
+    SNPDeiTForImageClassification,
+    SNPDeiTForImageClassificationWithTeacher,
+    SNPDeiTModel,
+    SNPViTForImageClassification,
+    SNPViTModel,
+)
+from .base import ArchitectureAdapter
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, Iterable) else (value, value)
+
+
+class ViTAdapter(ArchitectureAdapter):
+    """transformers' ViT (`ViTModel`, `ViTForImageClassification`) and its SNP-pruned family."""
+
+    architecture = "vit"
+    model_types = ("vit", "snp_vit")
+    modality = "image"
+    main_input_name = "pixel_values"
+    base_model_prefix = "vit"
+    snp_config_class = SNPViTConfig
+    num_special_tokens = 1
+    # embedding parameters whose last axis is the hidden (residual) channel
+    token_parameters = ("cls_token", "mask_token", "position_embeddings")
+    snp_classes = {
+        "ViTModel": (SNPViTModel, "AutoModel"),
+        "SNPViTModel": (SNPViTModel, "AutoModel"),
+        "ViTForImageClassification": (SNPViTForImageClassification, "AutoModelForImageClassification"),
+        "SNPViTForImageClassification": (SNPViTForImageClassification, "AutoModelForImageClassification"),
+    }
+    classifier_names = {"ViTForImageClassification": ("classifier",)}
+    pipeline_tags = {"ForImageClassification": "image-classification", "WithTeacher": "image-classification"}
+    residual_output_targets = ("fc2",)  # pre-norm: `hidden + fc2(...)` is the layer's output
+
+    # ---- modules ------------------------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        """Name prefix of the encoder's parameters inside the model ('' for a bare base model)."""
+        return "" if self.class_name.endswith("Model") else self.base_model_prefix + "."
+
+    def base_model(self) -> nn.Module:
+        return self.model if not self.prefix else getattr(self.model, self.base_model_prefix)
+
+    def layers(self) -> nn.ModuleList:
+        return self.base_model().layers
+
+    def layer_modules(self, idx: int) -> dict[str, nn.Module]:
+        layer = self.layer(idx)
+        att, mlp = layer.attention, layer.mlp
+        return {
+            "layernorm_before": layer.layernorm_before,
+            "q_proj": att.q_proj,
+            "k_proj": att.k_proj,
+            "v_proj": att.v_proj,
+            "o_proj": att.o_proj,
+            "attention": att,
+            "layernorm_after": layer.layernorm_after,
+            "fc1": mlp.fc1,
+            "fc2": mlp.fc2,
+        }
+
+    def classifier_modules(self) -> list[nn.Linear]:
+        return [getattr(self.model, name) for name in self.classifier_names.get(self.class_name, ())]
+
+    def hidden_readers(self) -> list[tuple[nn.Module, list[nn.Module], str]]:
+        readers = []
+        for idx in range(self.num_layers):
+            mods = self.layer_modules(idx)
+            readers.append(
+                (mods["layernorm_before"], [mods["q_proj"], mods["k_proj"], mods["v_proj"]], f"layer {idx}")
+            )
+            readers.append((mods["layernorm_after"], [mods["fc1"]], f"layer {idx} MLP"))
+        final = self.classifier_modules()
+        base = self.base_model()
+        if getattr(base, "pooler", None) is not None:
+            final = [*final, base.pooler.dense]
+        readers.append((base.layernorm, final, "final layernorm"))
+        return readers
+
+    def hidden_group(self) -> list[tuple[str, int]]:
+        p = self.prefix
+        emb = p + "embeddings."
+        names = [(emb + "patch_embeddings.projection.weight", 0), (emb + "patch_embeddings.projection.bias", 0)]
+        names += [(emb + t, 2) for t in self.token_parameters]
+        for idx in range(self.num_layers):
+            lp = f"{p}layers.{idx}."
+            for norm in ("layernorm_before", "layernorm_after"):
+                names += [(lp + f"{norm}.weight", 0), (lp + f"{norm}.bias", 0)]
+            names += [(lp + f"attention.{proj}.weight", 1) for proj in ("q_proj", "k_proj", "v_proj")]
+            names += [(lp + "attention.o_proj.weight", 0), (lp + "attention.o_proj.bias", 0)]
+            names += [(lp + "mlp.fc1.weight", 1), (lp + "mlp.fc2.weight", 0), (lp + "mlp.fc2.bias", 0)]
+        names += [(p + "layernorm.weight", 0), (p + "layernorm.bias", 0), (p + "pooler.dense.weight", 1)]
+        names += [(f"{name}.weight", 1) for name in self.classifier_names.get(self.class_name, ())]
+        present = dict(self.model.named_parameters())
+        return [(name, axis) for name, axis in names if name in present]
+
+    # ---- size ---------------------------------------------------------------------------------------------
+    @classmethod
+    def num_tokens(cls, config, input_size=None) -> int:
+        """Patches plus the class (and, for DeiT, distillation) token; `input_size` overrides the image size."""
+        height, width = _pair(input_size or config.image_size)
+        ph, pw = _pair(config.patch_size)
+        return (height // ph) * (width // pw) + cls.num_special_tokens
+
+    @classmethod
+    def qkv_bias(cls, config) -> bool:
+        return bool(config.qkv_bias)
+
+    @classmethod
+    def embedding_size(cls, config, hidden_size: int, tokens: int) -> ModelSize:
+        ph, pw = _pair(config.patch_size)
+        patch_in = config.num_channels * ph * pw
+        patches = tokens - cls.num_special_tokens
+        d = hidden_size
+        params = patch_in * d + d + cls.num_special_tokens * d + tokens * d  # conv, special tokens, positions
+        return ModelSize(params=params, macs=patches * patch_in * d)
+
+    @classmethod
+    def head_size(cls, config, class_name: str, hidden_size: int, tokens: int) -> ModelSize:
+        stock = cls.stock_name(class_name)
+        if stock.endswith("WithTeacher"):
+            heads, pooler = 2, False
+        elif stock.endswith("ForImageClassification"):
+            heads, pooler = 1, False
+        elif stock.endswith("Model"):
+            heads, pooler = 0, True
+        else:
+            raise ValueError(
+                f"Cannot count the size of architecture {class_name!r}; expected a name ending in 'Model', "
+                "'ForImageClassification' or 'ForImageClassificationWithTeacher'."
+            )
+        d = hidden_size
+        params, macs = 2 * d, 0  # final LayerNorm
+        if pooler:
+            pooled = config.pooler_output_size
+            params += d * pooled + pooled
+            macs += d * pooled
+        if config.num_labels > 0:
+            params += heads * (d * config.num_labels + config.num_labels)
+            macs += heads * d * config.num_labels
+        return ModelSize(params=params, macs=macs)
+
+    # ---- the pruned model ---------------------------------------------------------------------------------
+    def pruned_fields(self, hidden_size: int) -> dict:
+        # the pooler's width is a model output, not a residual channel
+        return {"hidden_size": hidden_size, "pooler_output_size": self.config.pooler_output_size}
+
+    # ---- preprocessing, export ----------------------------------------------------------------------------
+    def load_preprocessor(self, source: str | None):
+        from ..calibration import resolve_image_processor
+
+        return resolve_image_processor(source, self.config)
+
+    def onnx_inputs(self, batch_size: int, seed: int = 0, variant: int = 0) -> dict[str, torch.Tensor]:
+        height, width = _pair(self.config.image_size)
+        generator = torch.Generator().manual_seed(seed)
+        return {"pixel_values": torch.randn(batch_size, self.config.num_channels, height, width, generator=generator)}
+
+    def onnx_output_names(self) -> list[str]:
+        if self.class_name.endswith("WithTeacher"):
+            return ["logits", "cls_logits", "distillation_logits"]
+        if self.class_name.endswith("ForImageClassification"):
+            return ["logits"]
+        return (
+            ["last_hidden_state", "pooler_output"]
+            if getattr(self.model, "pooler", None) is not None
+            else ["last_hidden_state"]
+        )
+
+    @classmethod
+    def card_snippet(cls, class_name: str, name: str) -> str:
+        auto = cls.auto_class_name(class_name)
+        return (
+            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
+            f"from transformers import AutoImageProcessor, {auto}\n\n"
+            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
+            f'image_processor = AutoImageProcessor.from_pretrained("{name}")'
+        )
+
+
+class DeiTAdapter(ViTAdapter):
+    """transformers' DeiT (`DeiTModel`, `DeiTForImageClassification`, `...WithTeacher`) and its SNP family."""
+
+    architecture = "deit"
+    model_types = ("deit", "snp_deit")
+    base_model_prefix = "deit"
+    snp_config_class = SNPDeiTConfig
+    num_special_tokens = 2
+    token_parameters = ("cls_token", "distillation_token", "mask_token", "position_embeddings")
+    snp_classes = {
+        "DeiTModel": (SNPDeiTModel, "AutoModel"),
+        "SNPDeiTModel": (SNPDeiTModel, "AutoModel"),
+        "DeiTForImageClassification": (SNPDeiTForImageClassification, "AutoModelForImageClassification"),
+        "SNPDeiTForImageClassification": (SNPDeiTForImageClassification, "AutoModelForImageClassification"),
+        "DeiTForImageClassificationWithTeacher": (
+            SNPDeiTForImageClassificationWithTeacher,
+            "AutoModelForImageClassification",
+        ),
+        "SNPDeiTForImageClassificationWithTeacher": (
+            SNPDeiTForImageClassificationWithTeacher,
+            "AutoModelForImageClassification",
+        ),
+    }
+    classifier_names = {
+        "DeiTForImageClassification": ("classifier",),
+        "DeiTForImageClassificationWithTeacher": ("cls_classifier", "distillation_classifier"),
+    }
+
+
+__all__ = ["DeiTAdapter", "ViTAdapter"]

@@ -1,0 +1,219 @@
+"""BERT-family text encoders through the whole pipeline: exactness with padding, padding-free statistics, text
+calibration, sizes, save/load, pipelines, ONNX."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
+
+from optimum_snp import SNPConfig, SNPPruner, apply_plan, get_adapter, model_size_of
+from optimum_snp.calibration import split_batches, text_calibration_batches
+from optimum_snp.reconstruction import reconstruct
+from optimum_snp.scoring.snp import snp_scores
+
+from .conftest import masked_reference, random_plan
+from .text_utils import encode, sentences, text_dataset, tiny_text_model, word_tokenizer
+
+
+CLASSES = {
+    "bert": (BertConfig, [BertModel, BertForSequenceClassification, BertForTokenClassification,
+                          BertForQuestionAnswering, BertForMaskedLM]),
+    "roberta": (RobertaConfig, [RobertaModel, RobertaForSequenceClassification, RobertaForTokenClassification,
+                                RobertaForQuestionAnswering, RobertaForMaskedLM]),
+}  # fmt: skip
+CASES = [(family, cls) for family, (_, classes) in CLASSES.items() for cls in classes]
+
+
+def _model(family, cls, **kwargs):
+    config_cls = CLASSES[family][0]
+    labels = {"num_labels": 2} if cls.__name__.endswith("QuestionAnswering") else {}
+    return tiny_text_model(cls, config_cls, **labels, **kwargs)
+
+
+def _outputs(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs)
+    if getattr(out, "start_logits", None) is not None:
+        return torch.stack([out.start_logits, out.end_logits], -1)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+@pytest.fixture
+def tokenizer(tmp_path):
+    return word_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("family, cls", CASES, ids=[f"{f}-{c.__name__}" for f, c in CASES])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_pruned_equals_masked_original_with_padding(family, cls, attn, tokenizer):
+    model = _model(family, cls, attn=attn)
+    plan = random_plan(model, seed=3)
+    pruned = apply_plan(model, plan)
+    assert type(pruned).__name__ == "SNP" + cls.__name__
+    inputs = encode(tokenizer, sentences(3, seed=5))
+    assert not bool(inputs["attention_mask"].all())  # really padded
+    mask = inputs["attention_mask"].bool()
+    expected, got = _outputs(masked_reference(model, plan), inputs), _outputs(pruned, inputs)
+    if expected.dim() == 3 and not cls.__name__.endswith("QuestionAnswering"):
+        expected, got = expected[mask], got[mask]
+    elif cls.__name__.endswith("QuestionAnswering"):
+        expected, got = expected[mask], got[mask]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, _outputs(model, inputs)[mask] if got.dim() == 2 and expected.shape[0] == mask.sum()
+                              else _outputs(model, inputs), atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("family, cls", CASES, ids=[f"{f}-{c.__name__}" for f, c in CASES])
+def test_size_matches_parameters_and_flop_counter(family, cls, tokenizer):
+    model = _model(family, cls)
+    pruned = apply_plan(model, random_plan(model, seed=4))
+    for m in (model, pruned):
+        ids = torch.randint(5, m.config.vocab_size, (1, 20))
+        size = model_size_of(m, sequence_length=20)
+        assert size.params == sum(p.numel() for p in m.parameters())
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(input_ids=ids)
+        assert size.macs == counter.get_total_flops() // 2, type(m).__name__
+
+
+def test_padded_batch_scores_equal_one_by_one(tokenizer):
+    model = _model("bert", BertForSequenceClassification)
+    texts = sentences(4, seed=7)
+    padded = [encode(tokenizer, texts)]
+    single = [encode(tokenizer, [t]) for t in texts]
+    criteria = {"qk": "attention_kl", "v": "redundancy", "mlp": "contribution", "hidden": "magnitude",
+                "heads": "contribution"}  # fmt: skip
+    a, b = snp_scores(model, padded, criteria, show_progress=False), snp_scores(model, single, criteria,
+                                                                                show_progress=False)  # fmt: skip
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        for group in ("qk", "v", "mlp", "heads"):
+            torch.testing.assert_close(getattr(la, group), getattr(lb, group), atol=1e-5, rtol=1e-4)
+
+
+def test_padded_batch_refit_equals_one_by_one(tokenizer):
+    model = _model("bert", BertModel)
+    plan = random_plan(model, seed=9)
+    texts = sentences(6, seed=8)
+    fits = []
+    for batches in ([encode(tokenizer, texts)], [encode(tokenizer, [t]) for t in texts]):
+        pruned = apply_plan(model, plan)
+        reconstruct(model, pruned, plan, batches, show_progress=False)
+        fits.append(pruned.state_dict())
+    for name, tensor in fits[0].items():
+        torch.testing.assert_close(tensor, fits[1][name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_text_calibration_pads_per_batch_and_streams_names(tokenizer, monkeypatch):
+    data = text_dataset(10)
+    batches = text_calibration_batches(data, tokenizer, num_samples=7, batch_size=3, max_length=8,
+                                       show_progress=False)  # fmt: skip
+    assert [len(b["input_ids"]) for b in batches] == [3, 3, 1]
+    assert all(b["input_ids"].shape[1] <= 8 for b in batches)
+    assert all(b["input_ids"].shape == b["attention_mask"].shape for b in batches)
+    pairs = text_calibration_batches(text_dataset(10, pairs=True), tokenizer, num_samples=4, batch_size=4,
+                                     text_pair_column="other", show_progress=False)  # fmt: skip
+    assert (pairs[0]["token_type_ids"] == 1).any()  # the second text of each pair
+    head, tail = split_batches(batches, 4)
+    assert [len(b["input_ids"]) for b in head] == [3, 1] and [len(b["input_ids"]) for b in tail] == [2, 1]
+    seen = {}
+
+    def fake_load_dataset(name, **kwargs):
+        seen.update(kwargs)
+        return text_dataset(5).to_iterable_dataset()
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    streamed = text_calibration_batches("some/hub-dataset", tokenizer, num_samples=4, batch_size=2,
+                                        show_progress=False)  # fmt: skip
+    assert seen["streaming"] is True and sum(len(b["input_ids"]) for b in streamed) == 4
+    with pytest.raises(ValueError, match="text_column='nope' is not a column"):
+        text_calibration_batches(data, tokenizer, text_column="nope", show_progress=False)
+
+
+@pytest.mark.parametrize("family, cls", [("bert", BertForSequenceClassification), ("roberta", RobertaModel)])
+def test_prune_save_and_load_text_model(family, cls, tokenizer, tmp_path):
+    model = _model(family, cls)
+    model.name_or_path = ""
+    pruner = SNPPruner(model, tokenizer=tokenizer)
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=12, num_validation_samples=8, batch_size=4)
+    out = tmp_path / "pruned-text"
+    pruned = pruner.prune(config, text_dataset(30), save_dir=out)
+    assert pruner.report["macs"]["ratio"] <= 0.6 and pruner.report["allocation"]["num_validation_samples"] == 8
+    assert (out / "tokenizer_config.json").exists() and (out / "config.json").exists()
+    card = (out / "README.md").read_text()
+    assert "# pruned-text" in card and ".snp-tmp" not in card
+    auto = AutoModelForSequenceClassification if cls.__name__.endswith("Classification") else AutoModel
+    reloaded = auto.from_pretrained(out)
+    inputs = encode(tokenizer, sentences(3, seed=11))
+    assert torch.equal(_outputs(reloaded, inputs), _outputs(pruned, inputs))
+
+
+def test_hidden_pruning_of_a_text_model_is_refused(tokenizer):
+    model = _model("bert", BertModel)
+    with pytest.raises(ValueError, match="keeps its hidden channels.*hidden_ratio=0"):
+        SNPPruner(model, tokenizer=tokenizer).prune(SNPConfig(hidden_ratio=0.25, criterion="magnitude",
+                                                              reconstruct="none"))  # fmt: skip
+
+
+def test_text_model_without_tokenizer_gets_a_clear_error():
+    with pytest.raises(ValueError, match="is a text model: pass its tokenizer"):
+        SNPPruner(_model("bert", BertModel))
+
+
+def test_pipelines_run_on_a_pruned_folder(tokenizer, tmp_path):
+    from transformers import pipeline
+
+    model = _model("bert", BertForSequenceClassification)
+    pruned = apply_plan(model, random_plan(model, seed=1))
+    pruned.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    classify = pipeline("text-classification", model=str(tmp_path / "m"))
+    assert len(classify(["the cat sat on the mat", "a dog"])) == 2
+    features = pipeline("feature-extraction", model=str(tmp_path / "m"))
+    assert len(features("the cat sat")[0][0]) == 32  # hidden size kept
+
+
+def test_onnx_export_with_dynamic_batch_and_sequence(tokenizer, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from optimum_snp.exporters import export_onnx, onnx_session, run_onnx
+
+    model = _model("bert", BertForSequenceClassification)
+    pruned = apply_plan(model, random_plan(model, seed=2))
+    result = export_onnx(pruned, tmp_path / "onnx")
+    assert result.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    session = onnx_session(tmp_path / "onnx")
+    inputs = encode(tokenizer, sentences(5, seed=12))
+    got = run_onnx(session, inputs)["logits"]
+    torch.testing.assert_close(torch.from_numpy(got), _outputs(pruned, inputs), atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_is_the_only_architecture_knowledge():
+    """The generic steps reach BERT's modules through the adapter's canonical keys."""
+    model = _model("bert", BertForMaskedLM)
+    adapter = get_adapter(model)
+    mods = adapter.layer_modules(0)
+    assert mods["q_proj"] is model.bert.encoder.layer[0].attention.self.query
+    assert mods["fc2"] is model.bert.encoder.layer[0].output.dense
+    assert adapter.pipeline_tag("SNPBertForMaskedLM") == "fill-mask"
+    assert adapter.residual_output_targets == ()  # post-LayerNorm: the refit reruns the layer
+    copy.deepcopy(adapter.layer_groups(0))
