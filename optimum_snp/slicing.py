@@ -42,6 +42,13 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     with torch.device("meta"):
         pruned = adapter.snp_class()(config)
     pruned.load_state_dict(state, strict=True, assign=True)
+    source_buffers = dict(model.named_buffers())
+    for name, buffer in list(pruned.named_buffers()):
+        if buffer.is_meta:  # non-persistent buffers (e.g. BERT's position_ids) are not in the state dict: copy them
+            owner, _, leaf = name.rpartition(".")
+            pruned.get_submodule(owner)._buffers[leaf] = source_buffers[name].detach().clone()
+    if hasattr(pruned, "tie_weights"):  # assign=True replaced tied tensors (e.g. a masked-LM decoder) by copies
+        pruned.tie_weights()
     for param in pruned.parameters():
         param.requires_grad_(True)
     pruned.train(model.training)

@@ -129,15 +129,18 @@ class SNPDistillationTrainer(Trainer):
         if self.args.label_names is None:
             self.label_names = ["labels"]
 
-    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _teacher_outputs(self, inputs: dict):
         teacher = self.teacher
         param = next(teacher.parameters(), None)
-        if param is not None and param.device != pixel_values.device:
-            teacher.to(pixel_values.device)
-        dtype = param.dtype if param is not None and param.is_floating_point() else pixel_values.dtype
+        first = next(v for v in inputs.values() if torch.is_tensor(v))
+        if param is not None and param.device != first.device:
+            teacher.to(first.device)
+        dtype = param.dtype if param is not None and param.is_floating_point() else None
+        cast = {
+            k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and dtype else v for k, v in inputs.items()
+        }
         with torch.no_grad():
-            # A DeiT teacher with two heads answers with their average in `.logits`.
-            return teacher(pixel_values=pixel_values.to(dtype)).logits.float()
+            return teacher(**cast)  # a DeiT teacher with two heads answers with their average in `.logits`
 
     def _distillation_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.distillation_type == "hard":
@@ -157,23 +160,48 @@ class SNPDistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
+        outputs = model(**inputs)
+        if getattr(outputs, "logits", None) is None and getattr(outputs, "last_hidden_state", None) is not None:
+            loss = self._embedding_loss(outputs, inputs)  # a feature-extraction model: distil its embeddings
+            return (loss, outputs) if return_outputs else loss
         if labels is None:
             raise ValueError(
                 f"SNPDistillationTrainer needs a `labels` entry in every batch; got keys {sorted(inputs)}."
             )
-        outputs = model(**inputs)
         two_heads = getattr(outputs, "distillation_logits", None) is not None
         label_logits = (outputs.cls_logits if two_heads else outputs.logits).float()
-        label_loss = F.cross_entropy(label_logits, labels)
+        mask = inputs.get("attention_mask")
+        if label_logits.dim() == 3:  # token classification: one prediction per token (labels -100 are ignored)
+            label_loss = F.cross_entropy(label_logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        else:
+            label_loss = F.cross_entropy(label_logits, labels)
         if self.teacher is None or self.distillation_type == "none":
             loss = label_loss
         else:
-            teacher_logits = self._teacher_logits(inputs["pixel_values"])
+            teacher_logits = self._teacher_outputs(inputs).logits.float()
             distill_logits = (outputs.distillation_logits if two_heads else outputs.logits).float()
+            if distill_logits.dim() == 3:  # per real token
+                keep = mask.bool() if mask is not None else torch.ones(distill_logits.shape[:2], dtype=torch.bool)
+                distill_logits, teacher_logits = distill_logits[keep], teacher_logits[keep.to(teacher_logits.device)]
             distill_loss = self._distillation_loss(distill_logits, teacher_logits)
             alpha = self.distillation_alpha
             loss = alpha * distill_loss + (1.0 - alpha) * label_loss
         return (loss, outputs) if return_outputs else loss
+
+    def _embedding_loss(self, outputs, inputs: dict) -> torch.Tensor:
+        """1 - cosine between the student's and the teacher's mean-pooled embeddings (over the real tokens), the
+        objective of a sentence encoder; the teacher is the unpruned model, no labels needed."""
+        if self.teacher is None:
+            raise ValueError(
+                "A feature-extraction model (no logits) is fine-tuned by distilling its embeddings from the unpruned "
+                "model: pass teacher=<the unpruned model>."
+            )
+        teacher = self._teacher_outputs(inputs).last_hidden_state.float()
+        student = outputs.last_hidden_state.float()
+        mask = inputs.get("attention_mask")
+        mask = torch.ones(student.shape[:2], device=student.device) if mask is None else mask.to(student.dtype)
+        pool = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # noqa: E731
+        return (1 - F.cosine_similarity(pool(student), pool(teacher.to(student.device)), dim=-1)).mean()
 
 
 __all__ = ["SNPTrainingArguments", "SNPDistillationTrainer", "DISTILLATION_TYPES"]

@@ -113,13 +113,18 @@ def test_padded_batch_refit_equals_one_by_one(tokenizer):
     model = _model("bert", BertModel)
     plan = random_plan(model, seed=9)
     texts = sentences(6, seed=8)
-    fits = []
+    fits, reports = [], []
     for batches in ([encode(tokenizer, texts)], [encode(tokenizer, [t]) for t in texts]):
         pruned = apply_plan(model, plan)
-        reconstruct(model, pruned, plan, batches, show_progress=False)
-        fits.append(pruned.state_dict())
-    for name, tensor in fits[0].items():
-        torch.testing.assert_close(tensor, fits[1][name], atol=1e-4, rtol=1e-3, msg=name)
+        reports.append(reconstruct(model, pruned, plan, batches, show_progress=False))
+        fits.append(pruned)
+    for padded, single in zip(reports[0]["layers"], reports[1]["layers"], strict=True):
+        for key in ("o_proj", "fc2"):
+            assert padded[key]["rows"] == single[key]["rows"] < sum(len(t.split()) + 2 for t in texts) + 1
+            assert padded[key]["mse_after"] == pytest.approx(single[key]["mse_after"], rel=1e-4)
+    inputs = encode(tokenizer, sentences(3, seed=13))
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(_outputs(fits[0], inputs)[mask], _outputs(fits[1], inputs)[mask], atol=1e-3, rtol=1e-2)
 
 
 def test_text_calibration_pads_per_batch_and_streams_names(tokenizer, monkeypatch):
@@ -163,7 +168,7 @@ def test_prune_save_and_load_text_model(family, cls, tokenizer, tmp_path):
     card = (out / "README.md").read_text()
     assert "# pruned-text" in card and ".snp-tmp" not in card
     auto = AutoModelForSequenceClassification if cls.__name__.endswith("Classification") else AutoModel
-    reloaded = auto.from_pretrained(out)
+    reloaded = auto.from_pretrained(out, attn_implementation=pruned.config._attn_implementation)
     inputs = encode(tokenizer, sentences(3, seed=11))
     assert torch.equal(_outputs(reloaded, inputs), _outputs(pruned, inputs))
 
@@ -217,3 +222,38 @@ def test_adapter_is_the_only_architecture_knowledge():
     assert adapter.pipeline_tag("SNPBertForMaskedLM") == "fill-mask"
     assert adapter.residual_output_targets == ()  # post-LayerNorm: the refit reruns the layer
     copy.deepcopy(adapter.layer_groups(0))
+
+
+_REMOTE = """
+import sys
+sys.modules["optimum_snp"] = None  # `import optimum_snp` now raises ImportError
+import torch
+from transformers import AutoModelForMaskedLM
+model = AutoModelForMaskedLM.from_pretrained(sys.argv[1], trust_remote_code=True, attn_implementation="eager").eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+inputs = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(**inputs).logits, sys.argv[3])
+print(type(model).__name__)
+"""
+
+
+def test_trust_remote_code_without_the_package(tokenizer, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = _model("roberta", RobertaForMaskedLM)
+    pruned = apply_plan(model, random_plan(model, seed=6))
+    pruned.save_pretrained(tmp_path / "m")
+    inputs = encode(tokenizer, sentences(3, seed=14))
+    torch.save(inputs, tmp_path / "x.pt")
+    (tmp_path / "load.py").write_text(_REMOTE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "load.py", str(tmp_path / "m"), str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("SNPRobertaForMaskedLM")
+    assert torch.equal(torch.load(tmp_path / "out.pt"), _outputs(pruned, inputs))

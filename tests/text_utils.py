@@ -16,11 +16,11 @@ WORDS = (
 
 
 def word_tokenizer(tmp_path) -> BertTokenizerFast:
-    """A BERT WordPiece tokenizer over `WORDS` (written to `tmp_path/vocab.txt`)."""
+    """A BERT WordPiece tokenizer over `WORDS`."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path))
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    assert tokenizer.tokenize("the cat sat") == ["the", "cat", "sat"]
+    return tokenizer
 
 
 def sentences(n: int = 40, seed: int = 0) -> list[str]:

@@ -8,6 +8,8 @@ fills the registry and registers the adapter's SNP model family with the transfo
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 import transformers
@@ -96,12 +98,14 @@ def get_adapter(model: nn.Module) -> ArchitectureAdapter:
     return adapter_cls(model)
 
 
+# Every module of this package except the shared bases is an architecture: importing it registers its adapters (each
+# ends with `register_adapter(...)`), so adding an architecture is adding a file here (plus its model family).
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in ("base", "text"):
+        importlib.import_module(f"{__name__}.{_module}")
+
 from .bert import BertAdapter, RobertaAdapter, XLMRobertaAdapter  # noqa: E402
 from .vit import DeiTAdapter, ViTAdapter  # noqa: E402
-
-
-for _adapter in (ViTAdapter, DeiTAdapter, BertAdapter, RobertaAdapter, XLMRobertaAdapter):
-    register_adapter(_adapter)
 
 
 __all__ = [

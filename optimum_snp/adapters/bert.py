@@ -26,6 +26,7 @@ from ..models.modeling_snp_bert import (
     SNPXLMRobertaForTokenClassification,
     SNPXLMRobertaModel,
 )
+from . import register_adapter
 from .text import TextEncoderAdapter, text_snp_classes
 
 
@@ -138,6 +139,14 @@ class XLMRobertaAdapter(RobertaAdapter):
             "ForMaskedLM": SNPXLMRobertaForMaskedLM,
         },
     )
+
+
+for _adapter in (
+    BertAdapter,
+    RobertaAdapter,
+    XLMRobertaAdapter,
+):
+    register_adapter(_adapter)
 
 
 __all__ = ["BertAdapter", "RobertaAdapter", "XLMRobertaAdapter"]

@@ -21,6 +21,7 @@ from ..models.modeling_snp import (
     SNPViTForImageClassification,
     SNPViTModel,
 )
+from . import register_adapter
 from .base import ArchitectureAdapter
 
 
@@ -223,6 +224,13 @@ class DeiTAdapter(ViTAdapter):
         "DeiTForImageClassification": ("classifier",),
         "DeiTForImageClassificationWithTeacher": ("cls_classifier", "distillation_classifier"),
     }
+
+
+for _adapter in (
+    ViTAdapter,
+    DeiTAdapter,
+):
+    register_adapter(_adapter)
 
 
 __all__ = ["DeiTAdapter", "ViTAdapter"]

