@@ -41,6 +41,10 @@ VARIANTS = {
     "bias": {"reconstruct": "bias"},
     "uniform": {"allocation": "uniform"},
     "scores": {"allocation": "scores"},
+    "ridge=1e-3": {"ridge": 1e-3},
+    "ridge=0.1": {"ridge": 0.1},
+    "ridge=0.3": {"ridge": 0.3},
+    "ridge=1": {"ridge": 1.0},
 }
 
 

@@ -42,6 +42,9 @@ def config_from_args(args):
         batch_size=args.batch_size,
         seed=args.seed,
         image_column=args.image_column,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        max_length=args.max_length,
         hidden_ratio=args.hidden_ratio or 0.0,
         head_ratio=_ratio(args.head_ratio),
     )
@@ -77,14 +80,12 @@ def run_prune(args) -> int:
 
 
 def _run(args) -> int:
-    from transformers import AutoModelForImageClassification
-
     from .calibration import load_calibration_dataset
     from .embedded import digits_dataset, load_embedded_model
     from .evaluation import evaluate_accuracy
     from .finetune import finetune
     from .hub import push_pruned_model
-    from .pruner import SNPPruner
+    from .pruner import SNPPruner, load_model
     from .slicing import apply_plan
     from .utils import check_output_dir
 
@@ -120,6 +121,11 @@ def _run(args) -> int:
 
     pruner = SNPPruner.from_pretrained(model_path)
     check_output_dir(args.output_dir, args.overwrite, source=pruner.source)  # fail before any work
+    if pruner.adapter.modality != "image" and (eval_data is not None or epochs):
+        raise ValueError(
+            "--eval-split and --finetune-epochs measure top-1 on images; for a text model prune here and fine-tune "
+            "with optimum_snp.SNPDistillationTrainer (see the README's text section)."
+        )
 
     def accuracy(model):
         return evaluate_accuracy(
@@ -154,9 +160,7 @@ def _run(args) -> int:
     card_results = {**results, "dataset": dataset_info} if results else None
     pruner.save(pruned, args.output_dir, config, overwrite=args.overwrite, results=card_results)
     report = pruner.report
-    reloaded_ok = (
-        type(AutoModelForImageClassification.from_pretrained(args.output_dir)).__name__ == report["architecture"]
-    )
+    reloaded_ok = type(load_model(args.output_dir)).__name__ == report["architecture"]
     pushed = push_pruned_model(args.output_dir, args.push_to_hub) if args.push_to_hub else None
 
     rows = [
@@ -195,7 +199,7 @@ def _run(args) -> int:
         )
     rows += [
         ("saved to (with model card)", args.output_dir),
-        ("reloads with AutoModelForImageClassification", "yes" if reloaded_ok else "NO"),
+        (f"reloads with {pruner.adapter.auto_class_name(report['architecture'])}", "yes" if reloaded_ok else "NO"),
     ]
     if pushed:
         rows.append(("pushed to", pushed))

@@ -50,10 +50,13 @@ ALLOCATIONS = ("validated", "scores", "uniform")
 ALLOCATION_EXPONENTS = (0.0, 0.5)
 
 
-def check_reconstruct(mode: str, ridge: float) -> None:
-    """Validates the reconstruction options (`SNPConfig.reconstruct` / `ridge`)."""
+def check_reconstruct(mode: str, ridge: float | None) -> None:
+    """Validates the reconstruction options (`SNPConfig.reconstruct` / `ridge`; `ridge=None`: the architecture's
+    default)."""
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"Unknown `reconstruct` mode {mode!r}; choose one of {list(RECONSTRUCT_MODES)}.")
+    if ridge is None:
+        return
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ValueError(
             f"`ridge` must be a number >= 0 (relative to the mean of diag(X^T X); 0 = plain least squares), "
@@ -129,9 +132,12 @@ class SNPConfig:
             "fc2 of every layer, sequentially), 'bias' (removed units' mean folded into the bias) or 'none'."
         },
     )
-    ridge: float = field(
-        default=1e-3,
-        metadata={"help": "Ridge of the least-squares refit, relative to the mean of diag(X^T X); >= 0."},
+    ridge: float | None = field(
+        default=None,
+        metadata={
+            "help": "Ridge of the least-squares refit towards the sliced weights, relative to the mean of diag(X^T X); "
+            ">= 0. None: the architecture's default (measured: 1e-3 for ViT/DeiT, 0.3 for text encoders)."
+        },
     )
     num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images (or texts)."})
     batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})

@@ -202,7 +202,7 @@ class SNPPruner:
                 plan,
                 batches,
                 mode=config.reconstruct,
-                ridge=config.ridge,
+                ridge=config.ridge if config.ridge is not None else adapter.default_ridge,
                 show_progress=show_progress and reference is None,
                 cache=cache,
             )

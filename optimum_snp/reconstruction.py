@@ -222,12 +222,13 @@ def reconstruct(
     plan: PruningPlan,
     batches: Iterable,
     mode: str = "least_squares",
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = None,
     show_progress: bool = True,
     cache: TargetCache | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
+    `ridge`: None = the architecture's default (`default_ridge` of its adapter).
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
 
@@ -235,6 +236,8 @@ def reconstruct(
     unpruned model's before and after the refit (least squares), and the statistics' size in bytes.
     """
     check_reconstruct(mode, ridge)
+    if ridge is None:
+        ridge = get_adapter(pruned).default_ridge
     if mode == "none":
         return {"mode": "none"}
     batches = list(batches) if batches is not None else []

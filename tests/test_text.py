@@ -257,3 +257,21 @@ def test_trust_remote_code_without_the_package(tokenizer, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("SNPRobertaForMaskedLM")
     assert torch.equal(torch.load(tmp_path / "out.pt"), _outputs(pruned, inputs))
+
+
+def test_cli_prunes_a_text_model(tokenizer, tmp_path, capsys):
+    from optimum_snp.cli import main
+
+    model = _model("bert", BertForSequenceClassification)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    text_dataset(40).save_to_disk(str(tmp_path / "data"))
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--text-column", "sentence",
+            "--num-samples", "16", "--target-macs-ratio", "0.6", "--output-dir", str(tmp_path / "out"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reloads with AutoModelForSequenceClassification  yes" in printed
+    assert (tmp_path / "out" / "tokenizer_config.json").exists()
+    assert main([*argv[:-3], "--output-dir", str(tmp_path / "o2"), "--eval-split", "train"]) == 2
+    assert "measure top-1 on images" in capsys.readouterr().err

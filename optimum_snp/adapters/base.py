@@ -43,6 +43,8 @@ class ArchitectureAdapter:
     # reconstruction targets whose output is added, unchanged, to the layer's output (pre-norm residual blocks), so
     # the refit can correct the layer output instead of running the layer again
     residual_output_targets: tuple[str, ...] = ()
+    # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X))
+    default_ridge: float = 1e-3
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -42,6 +42,10 @@ class TextEncoderAdapter(ArchitectureAdapter):
     supports_hidden_pruning = False
     pipeline_tags = TEXT_PIPELINE_TAGS
     uses_token_type_ids = True
+    # a sentence's tokens are nearly collinear after attention, so the refit sees about as many independent rows as
+    # sentences and over-fits a few dozen of them without a strong pull towards the original weights
+    # (benchmarks/results/minilm_research.md section 3; chosen on the tune split with benchmarks/minilm.py)
+    default_ridge = 0.3
 
     @classmethod
     def num_tokens(cls, config, input_size=None) -> int:

@@ -13,7 +13,8 @@ def add_prune_arguments(parser) -> None:
         "--model",
         "-m",
         default=None,
-        help="Hub id or local folder of a ViT/DeiT (or SNP) image classifier. Default: the embedded digits ViT, "
+        help="Hub id or local folder of a ViT/DeiT image model or a BERT/RoBERTa/DistilBERT text encoder (or an SNP "
+        "model). Default: the embedded digits ViT, "
         "trained on first use from scikit-learn's digits (no network needed).",
     )
     parser.add_argument(
@@ -25,6 +26,11 @@ def add_prune_arguments(parser) -> None:
     parser.add_argument("--split", default="train", help="Split of --dataset used for calibration.")
     parser.add_argument("--eval-split", default=None, help="Split to report top-1 on before/after (needs labels).")
     parser.add_argument("--image-column", default=None, help="Image column (default: pixel_values, image or img).")
+    parser.add_argument(
+        "--text-column", default=None, help="Text column of a text dataset (default: text, sentence...)."
+    )
+    parser.add_argument("--text-pair-column", default=None, help="Second text column, for text-pair models.")
+    parser.add_argument("--max-length", type=int, default=128, help="Tokens per calibration text at most.")
     parser.add_argument("--label-column", default="label", help="Label column for --eval-split.")
     parser.add_argument("--num-samples", type=int, default=64, help="Number of calibration images.")
     parser.add_argument("--batch-size", type=int, default=16, help="Calibration batch size.")
@@ -71,7 +77,10 @@ def add_prune_arguments(parser) -> None:
         help="Refit after the cut on the calibration images: least squares (default), bias compensation, or none.",
     )
     parser.add_argument(
-        "--ridge", type=float, default=1e-3, help="Ridge of the least-squares refit (relative). Default: 1e-3."
+        "--ridge",
+        type=float,
+        default=None,
+        help="Ridge of the least-squares refit (relative). Default: the architecture's (1e-3 ViT/DeiT, 0.3 text).",
     )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
