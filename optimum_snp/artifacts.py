@@ -56,6 +56,7 @@ class PruningInfo:
     base_model: str | None = None
     results: dict = field(default_factory=dict)
     name: str | None = None  # the model's name in its card (repo id or final folder), when not the folder's own
+    source: str | None = None  # the folder or Hub id the unpruned model came from (its companion files are kept)
 
 
 def get_pruning_info(model) -> PruningInfo | None:
@@ -113,12 +114,46 @@ def save_pruning_info(model, save_directory: str | os.PathLike) -> None:
             json.dump(info.report, f, indent=2)
     if info.image_processor is not None:
         info.image_processor.save_pretrained(save_directory)
+    if info.source is not None:
+        copy_sentence_transformers_files(info.source, save_directory)
     config = (
         info.snp_config.to_dict() if info.snp_config is not None else {"note": "pruning configuration not recorded"}
     )
     write_model_card(
         save_directory, report, config, results=info.results or None, base_model=info.base_model, name=info.name
     )
+
+
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def copy_sentence_transformers_files(source: str, save_directory: str) -> list[str]:
+    """When `source` (a folder or Hub id) is a sentence-transformers model, copies its module description and the
+    module folders after the transformer (pooling, normalisation, ...) next to the pruned weights, so that
+    `SentenceTransformer(save_directory)` loads the pruned model as one. Returns the files copied."""
+    import shutil
+
+    modules_path = _fetch(source, "modules.json", {})
+    if modules_path is None:
+        return []
+    with open(modules_path) as f:
+        modules = json.load(f)
+    wanted = list(SENTENCE_TRANSFORMERS_FILES)
+    for module in modules:
+        folder = module.get("path") or ""
+        if folder and os.path.isdir(os.path.join(source, folder)):
+            wanted += [os.path.join(folder, n) for n in sorted(os.listdir(os.path.join(source, folder)))]
+        elif folder:  # a Hub repo: the modules sentence-transformers ships keep a config.json
+            wanted.append(f"{folder}/config.json")
+    copied = []
+    for name in wanted:
+        path = _fetch(source, name, {})
+        if path is not None and os.path.isfile(path):
+            target = os.path.join(save_directory, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(name)
+    return copied
 
 
 def save_pretrained_with_info(save_weights, model, save_directory, *args, **kwargs):
@@ -259,7 +294,7 @@ def load_pruning_info(model, source, **kwargs) -> None:
     hub_kwargs = {
         k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs
     }
-    info = PruningInfo()
+    info = PruningInfo(source=source)  # its companion files (e.g. sentence-transformers modules) are saved again
     if path := _fetch(source, SNP_CONFIG_NAME, hub_kwargs):
         info.snp_config = SNPConfig.from_pretrained(path)
     if path := _fetch(source, PLAN_NAME, hub_kwargs):

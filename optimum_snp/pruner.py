@@ -243,6 +243,7 @@ class SNPPruner:
                 plan=plan,
                 image_processor=self.preprocessor,
                 base_model=self.source,
+                source=self.source,
             ),
         )
         if save_dir is not None:

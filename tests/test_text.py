@@ -275,3 +275,28 @@ def test_cli_prunes_a_text_model(tokenizer, tmp_path, capsys):
     assert (tmp_path / "out" / "tokenizer_config.json").exists()
     assert main([*argv[:-3], "--output-dir", str(tmp_path / "o2"), "--eval-split", "train"]) == 2
     assert "measure top-1 on images" in capsys.readouterr().err
+
+
+def test_a_sentence_transformers_folder_stays_one(tokenizer, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    model = _model("bert", BertModel)
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    try:  # sentence-transformers 6
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # 3-5
+        from sentence_transformers.models import Pooling, Transformer
+    encoder = st.SentenceTransformer(modules=[Transformer(str(tmp_path / "hf")), Pooling(32, pooling_mode="mean")])
+    encoder.save(str(tmp_path / "st"))
+    pruner = SNPPruner.from_pretrained(tmp_path / "st")
+    pruned = pruner.prune(SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, num_validation_samples=8),
+                          text_dataset(30), save_dir=tmp_path / "out")  # fmt: skip
+    assert (tmp_path / "out" / "modules.json").exists() and (tmp_path / "out" / "1_Pooling" / "config.json").exists()
+    loaded = st.SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
+    texts = sentences(4, seed=15)
+    got = torch.as_tensor(loaded.encode(texts, convert_to_numpy=True))
+    inputs = encode(tokenizer, texts)
+    with torch.no_grad():
+        hidden = pruned(**inputs).last_hidden_state
+    mask = inputs["attention_mask"][..., None].float()
+    torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), atol=1e-5, rtol=1e-4)
