@@ -300,3 +300,33 @@ def test_a_sentence_transformers_folder_stays_one(tokenizer, tmp_path):
         hidden = pruned(**inputs).last_hidden_state
     mask = inputs["attention_mask"][..., None].float()
     torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["classification", "embeddings"])
+def test_distillation_trainer_fine_tunes_text_models(head, tokenizer, tmp_path):
+    from transformers import DataCollatorWithPadding
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    cls = BertForSequenceClassification if head == "classification" else BertModel
+    teacher = _model("bert", cls)
+    student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
+    columns = ["sentence", "label"] if head == "classification" else ["sentence"]
+    data = (
+        text_dataset(24)
+        .select_columns(columns)
+        .map(lambda b: tokenizer(b["sentence"]), batched=True, remove_columns=["sentence"])
+    )
+    if head == "classification":
+        data = data.rename_column("label", "labels")
+    args = SNPTrainingArguments(str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=8,
+                                learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1,
+                                disable_tqdm=True)  # fmt: skip
+    trainer = SNPDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=data,
+                                     data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    losses = []
+    trainer.add_callback(type("Log", (__import__("transformers").TrainerCallback,), {
+        "on_log": lambda self, a, s, c, logs=None, **k: losses.append(logs["loss"]) if logs and "loss" in logs else None
+    })())  # fmt: skip
+    trainer.train()
+    assert len(losses) == 6 and sum(losses[3:]) < sum(losses[:3])  # the second epoch fits better than the first
