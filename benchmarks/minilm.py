@@ -160,7 +160,9 @@ def main(argv=None) -> int:
     texts = splits[args.split]
     held = set(splits["tune"]) | set(splits["report"])
     unlabeled = [s for s in english_sentences() if s not in held]
-    calibration = Dataset.from_dict({"text": splits["calibration"][: args.calibration]})
+    # the calibration split, then (for more than it holds) unlabeled sentences from articles in neither tune nor report
+    pool = splits["calibration"] + [t for t in unlabeled if t not in set(splits["calibration"])]
+    calibration = Dataset.from_dict({"text": pool[: args.calibration]})
     reference = embed(model, tokenizer, texts)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "

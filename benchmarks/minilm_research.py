@@ -31,12 +31,13 @@ import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from text_data import text_splits  # noqa: E402
+
 
 torch.set_num_threads(1)
 

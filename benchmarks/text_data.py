@@ -28,6 +28,7 @@ import random
 import re
 from pathlib import Path
 
+
 PACKAGE = "gensim"
 FILES = ("lee_background.cor", "lee.cor")
 _INSTALL = "pip install gensim"
