@@ -99,7 +99,7 @@ def distill(student, teacher, tokenizer, texts: list[str], epochs: float, seed: 
             num_train_epochs=epochs,
             per_device_train_batch_size=32,
             learning_rate=1e-4,
-            warmup_ratio=0.1,
+            warmup_steps=0.1,  # a fraction of the steps (transformers 5)
             weight_decay=0.0,
             seed=seed,
             save_strategy="no",
