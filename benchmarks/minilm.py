@@ -140,7 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="tune", choices=["tune", "report"])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
-    parser.add_argument("--calibration", type=int, default=96, help="calibration sentences (incl. 32 held out)")
+    parser.add_argument(
+        "--calibration", type=int, default=544, help="calibration sentences incl. 32 held out (default: 512 + 32)"
+    )
     parser.add_argument("--distill-epochs", type=float, default=0)
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--threads", type=int, default=None)

@@ -139,7 +139,10 @@ class SNPConfig:
             ">= 0. None: the architecture's default (measured: 1e-3 for ViT/DeiT, 0.3 for text encoders)."
         },
     )
-    num_calibration_samples: int = field(default=64, metadata={"help": "Calibration images (or texts)."})
+    num_calibration_samples: int | None = field(
+        default=None,
+        metadata={"help": "Calibration images or texts; None: the architecture's default (64 images, 512 texts)."},
+    )
     batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the 'random' criterion."})
     image_column: str | None = field(default=None, metadata={"help": "Image column of the calibration dataset."})
@@ -188,6 +191,8 @@ class SNPConfig:
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
         for name in ("num_calibration_samples", "batch_size", "num_validation_samples", "max_length"):
+            if name == "num_calibration_samples" and self.num_calibration_samples is None:
+                continue
             minimum = 0 if name == "num_validation_samples" else 1
             if not isinstance(getattr(self, name), int) or getattr(self, name) < minimum:
                 raise ValueError(f"`{name}` must be an int >= {minimum}, got {getattr(self, name)!r}.")

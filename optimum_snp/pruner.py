@@ -107,6 +107,7 @@ class SNPPruner:
         start = time.perf_counter()
 
         batches, held_out = None, None
+        num_samples = config.num_calibration_samples or adapter.default_calibration_samples
         if config.needs_calibration:
             if calibration_dataset is None:
                 data_free = all(c in ("magnitude", "random") for c in criteria.values())
@@ -122,7 +123,7 @@ class SNPPruner:
                 )
             validate = config.num_validation_samples > 0 and _has_choices(config, criteria)
             common = dict(
-                num_samples=config.num_calibration_samples + (config.num_validation_samples if validate else 0),
+                num_samples=num_samples + (config.num_validation_samples if validate else 0),
                 batch_size=config.batch_size,
                 seed=config.seed,
                 split=split,
@@ -142,7 +143,7 @@ class SNPPruner:
                     calibration_dataset, self.image_processor, image_column=config.image_column, **common
                 )
             if validate:
-                batches, held_out = split_batches(batches, config.num_calibration_samples)
+                batches, held_out = split_batches(batches, num_samples)
         scoring_criteria = {**criteria, "qk": "attention_kl"} if criteria["qk"] == "validated" else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
@@ -176,7 +177,7 @@ class SNPPruner:
             if not held_out and batches:
                 warnings.warn(
                     "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
-                    f"dataset has at most num_calibration_samples={config.num_calibration_samples}); candidates are "
+                    f"dataset has at most num_calibration_samples={num_samples}); candidates are "
                     "compared on the calibration images themselves.",
                     UserWarning,
                     stacklevel=2,

@@ -45,6 +45,8 @@ class ArchitectureAdapter:
     residual_output_targets: tuple[str, ...] = ()
     # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X))
     default_ridge: float = 1e-3
+    # calibration samples when SNPConfig.num_calibration_samples is None (held-out validation samples come on top)
+    default_calibration_samples: int = 64
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -32,7 +32,12 @@ def add_prune_arguments(parser) -> None:
     parser.add_argument("--text-pair-column", default=None, help="Second text column, for text-pair models.")
     parser.add_argument("--max-length", type=int, default=128, help="Tokens per calibration text at most.")
     parser.add_argument("--label-column", default="label", help="Label column for --eval-split.")
-    parser.add_argument("--num-samples", type=int, default=64, help="Number of calibration images.")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="Number of calibration images or texts. Default: the architecture's (64 images, 512 texts).",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="Calibration batch size.")
     ratios = parser.add_argument_group("how much to prune (fraction REMOVED, or a MACs target)")
     for name, what in (
