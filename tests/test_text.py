@@ -338,3 +338,24 @@ def test_text_models_calibrate_on_512_texts_by_default(tokenizer):
     with pytest.warns(UserWarning, match="fewer than num_samples=512"):
         pruner.prune(SNPConfig(qk_ratio=0.5, criterion="magnitude"), text_dataset(20), show_progress=False)
     assert pruner.report["num_calibration_samples"] == 20
+
+
+@pytest.mark.parametrize(
+    "task, cls",
+    [
+        ("token-classification", BertForTokenClassification),
+        ("fill-mask", BertForMaskedLM),  # transformers 5 removed the question-answering pipeline
+    ],
+)
+def test_task_pipelines_run_on_a_pruned_folder(task, cls, tokenizer, tmp_path):
+    from transformers import pipeline
+
+    model = _model("bert", cls)
+    pruned = apply_plan(model, random_plan(model, seed=5))
+    pruned.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    run = pipeline(task, model=str(tmp_path / "m"))
+    if task == "fill-mask":
+        assert len(run("the cat sat on the [MASK]")) == 5  # top-5 completions from the tied decoder
+    else:
+        assert isinstance(run("the cat sat on the mat"), list)
