@@ -35,9 +35,6 @@ from .config import RECONSTRUCT_MODES, check_reconstruct
 from .plan import PruningPlan
 
 
-DEFAULT_RIDGE = 1e-3
-
-
 class _Stop(Exception):
     """Raised by a hook to end a forward pass early, once what it needs has been captured."""
 
@@ -424,4 +421,4 @@ def _least_squares(
     return {"mode": "least_squares", "ridge": ridge, "layers": layers, "stats_bytes": stats_bytes}
 
 
-__all__ = ["DEFAULT_RIDGE", "RECONSTRUCT_MODES", "ProjectionStats", "TargetCache", "check_reconstruct", "reconstruct"]
+__all__ = ["RECONSTRUCT_MODES", "ProjectionStats", "TargetCache", "check_reconstruct", "reconstruct"]

@@ -17,8 +17,6 @@ else in the package knows architectures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
@@ -270,10 +268,6 @@ class ArchitectureAdapter:
             f"from transformers import {auto}\n\n"
             f'model = {auto}.from_pretrained("{name}")  # or trust_remote_code=True without optimum-snp'
         )
-
-
-def iter_adapters(adapters: Iterable[type[ArchitectureAdapter]]) -> list[type[ArchitectureAdapter]]:
-    return list(dict.fromkeys(adapters))
 
 
 __all__ = ["PER_LAYER_FIELDS", "ArchitectureAdapter"]
