@@ -189,6 +189,17 @@ def _as_image(value, column: str):
         )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise ValueError(_non_finite_error(column))
+    if (
+        np.issubdtype(array.dtype, np.integer)
+        and (array.ndim == 2 or array.shape[-1] in (1, 3, 4))
+        and array.size
+        and 0 <= array.min()
+        and array.max() <= 255
+    ):
+        # 8-bit images (datasets returns them as int64 arrays) as PIL images: the image processor then treats them
+        # exactly as decoded image files, whichever backend it runs on (PIL, or torchvision when it is installed)
+        array = array.astype(np.uint8)
+        return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).convert("RGB")
     if array.ndim == 2:  # grayscale: repeat to 3 channels, HWC
         return np.stack([array] * 3, axis=-1)
     if array.shape[-1] == 1:
