@@ -18,6 +18,13 @@ from torch import nn
 
 from .accounting import architecture_of, model_size_of
 from .adapters import adapter_class_for, get_adapter, supported_model_classes
+from .adapters.timm import (
+    convert_timm_model,
+    image_processor_from_timm,
+    is_timm_model,
+    is_timm_source,
+    load_timm_source,
+)
 from .allocation import allocate_dims, round_dims, round_kept, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
@@ -49,11 +56,16 @@ class SNPPruner:
     """
 
     def __init__(self, model: nn.Module, image_processor=None, source: str | None = None, tokenizer=None):
+        if is_timm_model(model):  # a timm model or transformers' TimmWrapper: its exact transformers equivalent
+            model, timm_processor = convert_timm_model(model, with_image_processor=image_processor is None)
+            image_processor = image_processor or timm_processor
         self.adapter = get_adapter(model)  # fails early, listing the supported classes
         self.model = model
         self.source = source if source is not None else (getattr(model, "name_or_path", None) or None)
         preprocessor = tokenizer if self.adapter.modality == "text" else image_processor
         self.preprocessor = preprocessor or self.adapter.load_preprocessor(self.source)
+        if type(self.preprocessor).__name__ == "TimmWrapperImageProcessor":  # cannot be saved: its transformers twin
+            self.preprocessor = image_processor_from_timm(self.preprocessor)
         self.plan: PruningPlan | None = None
         self.report: dict | None = None
 
@@ -73,10 +85,18 @@ class SNPPruner:
     ) -> SNPPruner:
         """From a model instance, a local folder or a Hub id (loaded with the Auto class of the class its config
         names, e.g. `AutoModelForImageClassification`, `AutoModel` for a sentence-transformers folder; `kwargs` go to
-        `from_pretrained`)."""
+        `from_pretrained`).
+
+        timm ViT/DeiT models are converted exactly to transformers' ViT/DeiT classes: a timm instance, a TimmWrapper
+        model, a `timm/<name>` (or `hf-hub:<repo>`) id or a local timm folder (`kwargs` then go to
+        `timm.create_model`); the image processor reproduces timm's eval transform unless one is given."""
         if isinstance(model_or_path, nn.Module):
             return cls(model_or_path, image_processor=image_processor, tokenizer=tokenizer)
         source = os.fspath(model_or_path)
+        if is_timm_source(source):
+            model, timm_processor = load_timm_source(source, with_image_processor=image_processor is None, **kwargs)
+            processor = image_processor or timm_processor
+            return cls(model, image_processor=processor, source=model.name_or_path or source, tokenizer=tokenizer)
         model = load_model(source, **kwargs)
         return cls(model.eval(), image_processor=image_processor, source=source, tokenizer=tokenizer)
 
@@ -361,9 +381,12 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
 
 def load_model(source: str, **kwargs) -> nn.Module:
     """The model saved in the folder or Hub repo `source`, with the Auto class of the class its config names
-    (`AutoModel` when it names none, e.g. a sentence-transformers folder)."""
+    (`AutoModel` when it names none, e.g. a sentence-transformers folder). timm checkpoints (`timm/<name>` ids, timm
+    folders, TimmWrapper configs) come back converted to transformers' ViT/DeiT (see `adapters.timm`)."""
     import transformers
 
+    if is_timm_source(source):
+        return load_timm_source(source, with_image_processor=False, **kwargs)[0]
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
@@ -371,6 +394,8 @@ def load_model(source: str, **kwargs) -> nn.Module:
             f"Could not load {source!r} (its config): {err} Pass a folder saved with save_pretrained, a Hub id, or a "
             "model instance."
         ) from err
+    if config.model_type == "timm_wrapper":  # a timm checkpoint on the Hub outside the timm organisation
+        return load_timm_source(source, with_image_processor=False, **kwargs)[0]
     architectures = getattr(config, "architectures", None) or []
     try:
         adapter_cls = adapter_class_for(config)
