@@ -99,6 +99,16 @@ class BenchSpec:
     batch_size: int = 32
     learning_rate: float = 1e-3
     embedded: bool = False
+    # 'efficientformer': (depths, widths, num_vit, key_dim, attn_ratio) of `SNPEfficientFormerConfig`
+    stages: tuple = ()
+
+
+def _spec_dict(spec: BenchSpec) -> dict:
+    """The spec as recorded in training.json (`stages` only when set, so that older records still match)."""
+    data = dataclasses.asdict(spec)
+    if not spec.stages:
+        data.pop("stages")
+    return data
 
 
 BENCH: dict[str, BenchSpec] = {
@@ -111,6 +121,25 @@ BENCH: dict[str, BenchSpec] = {
         BenchSpec("lfw-vit", "lfw", "vit", 64, 4, 4, 256, 4, 32, 0, 40, "report", 16),
         BenchSpec("digits-deit-s1", "digits", "deit", 64, 6, 2, 256, 4, 32, 1, 16, "report", 16),
         BenchSpec("patches-deit", "patches", "deit", 128, 3, 4, 256, 6, 24, 2, 20, "report"),
+        # Architecture coverage (issue 11), never used to choose a default and not in the tune/report lists the
+        # ablations loop over: an EfficientFormer (optimum-snp's family; stem stride 4, a 4x4 attention grid at 128
+        # px) and a timm DeiT (`VisionTransformerDistilled`, trained in timm, then converted to transformers' DeiT).
+        BenchSpec(
+            "digits-efficientformer",
+            "digits",
+            "efficientformer",
+            64,
+            10,
+            4,
+            256,
+            4,
+            128,
+            3,
+            30,
+            "architecture",
+            stages=((2, 2, 3, 3), (16, 32, 48, 64), 2, 16, 2),
+        ),
+        BenchSpec("mnist-timm-deit", "mnist5k", "timm-deit", 96, 4, 4, 384, 7, 28, 4, 12, "architecture"),
     ]
 }
 
@@ -240,7 +269,36 @@ def bench_image_processor(image_size: int):
 
 
 def build_model(spec: BenchSpec, label_names: list[str]) -> torch.nn.Module:
-    """A freshly initialized model of `spec` (the caller seeds torch)."""
+    """A freshly initialized model of `spec` (the caller seeds torch); a timm module for 'timm-deit'."""
+    if spec.architecture == "efficientformer":
+        from optimum_snp.models import SNPEfficientFormerConfig, SNPEfficientFormerForImageClassification
+
+        depths, widths, num_vit, key_dim, attn_ratio = spec.stages
+        config = SNPEfficientFormerConfig(
+            image_size=spec.image_size,
+            depths=list(depths),
+            hidden_sizes=list(widths),
+            num_vit=num_vit,
+            key_dim=key_dim,
+            num_attention_heads=spec.num_heads,
+            attn_ratio=attn_ratio,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+        )
+        return SNPEfficientFormerForImageClassification(config)
+    if spec.architecture == "timm-deit":
+        from timm.models.deit import VisionTransformerDistilled
+
+        return VisionTransformerDistilled(
+            img_size=spec.image_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.hidden_size,
+            depth=spec.num_layers,
+            num_heads=spec.num_heads,
+            mlp_ratio=spec.intermediate_size / spec.hidden_size,
+            num_classes=len(label_names),
+        )
     config_cls, model_cls = {
         "vit": (ViTConfig, ViTForImageClassification),
         "deit": (DeiTConfig, DeiTForImageClassificationWithTeacher),
@@ -307,7 +365,7 @@ def train_bench_model(spec: BenchSpec, output_dir: str, show_progress: bool = Tr
         metrics["seed"] = spec.seed
     metrics.update(
         {
-            "spec": dataclasses.asdict(spec),
+            "spec": _spec_dict(spec),
             "num_train": len(data["train"]),
             "num_validation": len(data["validation"]),
             "num_test": len(data["test"]),
@@ -345,12 +403,13 @@ def _train(spec: BenchSpec, data: datasets.DatasetDict, output_dir: str, show_pr
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     progress = tqdm(range(spec.epochs), desc=f"Training {spec.name}", unit="epoch", disable=not show_progress)
+    is_timm = spec.architecture.startswith("timm")
     for _ in progress:
         order = torch.randperm(len(labels), generator=generator)
         total_loss = 0.0
         for begin in range(0, len(labels), spec.batch_size):
             idx = order[begin : begin + spec.batch_size]
-            logits = model(pixel_values=pixel_values[idx]).logits
+            logits = model(pixel_values[idx]) if is_timm else model(pixel_values=pixel_values[idx]).logits
             loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -359,6 +418,13 @@ def _train(spec: BenchSpec, data: datasets.DatasetDict, output_dir: str, show_pr
             scheduler.step()
             total_loss += loss.item() * len(idx)
         progress.set_postfix(loss=f"{total_loss / len(labels):.3f}")
+    model.eval()
+    if is_timm:  # saved in transformers format, as optimum-snp converts it (`SNPPruner.from_pretrained(timm_model)`)
+        from optimum_snp.adapters.timm import convert_timm_model
+
+        model, _ = convert_timm_model(model, with_image_processor=False)
+        model.config.id2label = dict(enumerate(data["train"].features["label"].names))
+        model.config.label2id = {name: i for i, name in model.config.id2label.items()}
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return {**_accuracies(model, data, processor), "final_train_loss": round(total_loss / len(labels), 4)}
@@ -375,7 +441,7 @@ def _cached_training(model_dir: str, spec: BenchSpec) -> dict | None:
         return None
     with open(os.path.join(model_dir, TRAINING_FILE)) as f:
         training = json.load(f)
-    return training if training.get("spec") == dataclasses.asdict(spec) else None
+    return training if training.get("spec") == _spec_dict(spec) else None
 
 
 def load_bench_model(name: str, retrain: bool = False, show_progress: bool = True) -> tuple[str, datasets.DatasetDict]:

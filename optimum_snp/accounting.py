@@ -3,26 +3,29 @@
 MACs are multiply-accumulates of every Linear (and convolution) and of the two attention matmuls (Q K^T and A V)
 for one input: one image, or one sequence of `input_size` tokens for text models; LayerNorm, softmax, activations
 and bias additions are not counted (as in the paper and in `torch.utils.flop_counter`, which reports 2 FLOPs per
-MAC). The layers are counted here, the same for every architecture; embeddings, token count and heads come from
-the architecture's adapter.
+MAC). Transformer layers are counted by one formula (`layer_size`) for every architecture; embeddings, token count,
+heads, and the layers of hybrid architectures (convolutions, per-stage widths) come from the architecture's adapter.
 """
 
 from __future__ import annotations
 
 from .adapters import adapter_class_for
-from .layer_dims import LayerDims, ModelSize
+from .layer_dims import LayerDims, ModelSize, transformer_layer_size
 
 
 def layer_size(dims: LayerDims, hidden_size: int, tokens: int, qkv_bias: bool = True) -> ModelSize:
-    """Params and MACs of one transformer layer (attention, MLP, two LayerNorms) on `tokens` tokens."""
-    d, bias = hidden_size, int(qkv_bias)
-    qk, v = dims.num_heads * dims.qk_head_dim, dims.num_heads * dims.v_head_dim
-    m = dims.intermediate_size
-    params = 2 * (d * qk + bias * qk) + d * v + bias * v + v * d + d  # q, k, v, o
-    params += 4 * d + d * m + m + m * d + d  # 2 LayerNorms, fc1, fc2
-    macs = tokens * (2 * d * qk + d * v + v * d + 2 * d * m)
-    macs += dims.num_heads * tokens * tokens * (dims.qk_head_dim + dims.v_head_dim)
-    return ModelSize(params=params, macs=macs)
+    """Params and MACs of one pre-norm transformer layer (attention, MLP, two LayerNorms) on `tokens` tokens."""
+    return transformer_layer_size(dims, hidden_size, tokens, qkv_bias)
+
+
+def layer_size_in(config, idx: int, dims: LayerDims, hidden_size: int | None = None, input_size=None) -> ModelSize:
+    """Params and MACs of layer `idx` of the model `config` describes, with `dims` (the architecture's own count:
+    uniform transformers use `layer_size`; hybrids add their convolutions and use each stage's width and grid)."""
+    adapter_cls = adapter_class_for(config)
+    tokens = adapter_cls.num_tokens(config, input_size)
+    return adapter_cls.layer_size(
+        config, idx, dims, hidden_size or config.hidden_size, tokens, adapter_cls.qkv_bias(config)
+    )
 
 
 def num_tokens(config, input_size=None) -> int:
@@ -51,8 +54,8 @@ def model_size(
     tokens = adapter_cls.num_tokens(config, image_size or sequence_length)
     size = adapter_cls.embedding_size(config, d, tokens)
     bias = adapter_cls.qkv_bias(config)
-    for dims in layer_dims or adapter_cls.dims_from_config(config):
-        size = size + layer_size(dims, d, tokens, bias)
+    for idx, dims in enumerate(layer_dims or adapter_cls.dims_from_config(config)):
+        size = size + adapter_cls.layer_size(config, idx, dims, d, tokens, bias)
     return size + adapter_cls.head_size(config, architecture, d, tokens)
 
 
@@ -67,4 +70,12 @@ def model_size_of(model, image_size=None, sequence_length: int | None = None) ->
     return model_size(model.config, architecture_of(model), image_size, sequence_length=sequence_length)
 
 
-__all__ = ["ModelSize", "architecture_of", "layer_size", "model_size", "model_size_of", "num_tokens"]
+__all__ = [
+    "ModelSize",
+    "architecture_of",
+    "layer_size",
+    "layer_size_in",
+    "model_size",
+    "model_size_of",
+    "num_tokens",
+]

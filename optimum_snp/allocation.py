@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from .accounting import layer_size, model_size, num_tokens
+from .accounting import layer_size_in, model_size
 from .layer_dims import LayerDims
 from .plan import topk_sorted
 
@@ -95,6 +95,8 @@ def uniform_dims(
     _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
 
     def keep(dim: int, ratio: float) -> int:
+        if dim == 0:  # a group the layer does not have (no attention)
+            return 0
         kept = max(1, dim - round(ratio * dim))
         return max(kept_levels(dim, dim - int(max_ratio * dim), round_to)[-1], round_kept(kept, dim, round_to))
 
@@ -148,7 +150,6 @@ def allocate_dims(
     `round_to` (its cost is the summed score of the removed units over the MACs they save, to the same exponent).
     Raises ValueError when the target cannot be reached.
     """
-    tokens = num_tokens(config)
     d = kept_hidden
     _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
     start = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=base_dims).macs
@@ -176,7 +177,7 @@ def allocate_dims(
     def unit_macs(idx: int, group: str) -> int:  # MACs of one unit of `group` (in every kept head) in layer `idx`
         base = base_dims[idx]
         smaller = replace(base, **{dict(FIELDS)[group]: getattr(base, dict(FIELDS)[group]) - 1})
-        return layer_size(base, d, tokens).macs - layer_size(smaller, d, tokens).macs
+        return layer_size_in(config, idx, base, d).macs - layer_size_in(config, idx, smaller, d).macs
 
     def step_macs(key, k: int) -> int:  # MACs saved by the k-th step of `key`
         return (levels[key][k] - levels[key][k + 1]) * unit_macs(*key)

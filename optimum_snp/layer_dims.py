@@ -19,6 +19,11 @@ class LayerDims:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def has_attention(self) -> bool:
+        """False for layers without attention (e.g. EfficientFormer's pooling blocks: all attention dims 0)."""
+        return self.num_heads > 0
+
 
 @dataclass(frozen=True)
 class ModelSize:
@@ -37,4 +42,16 @@ class ModelSize:
         return ModelSize(self.params + other.params, self.macs + other.macs)
 
 
-__all__ = ["LayerDims", "ModelSize"]
+def transformer_layer_size(dims: LayerDims, hidden_size: int, tokens: int, qkv_bias: bool = True) -> ModelSize:
+    """Params and MACs of one pre-norm transformer layer (attention, MLP, two LayerNorms) on `tokens` tokens."""
+    d, bias = hidden_size, int(qkv_bias)
+    qk, v = dims.num_heads * dims.qk_head_dim, dims.num_heads * dims.v_head_dim
+    m = dims.intermediate_size
+    params = 2 * (d * qk + bias * qk) + d * v + bias * v + v * d + d  # q, k, v, o
+    params += 4 * d + d * m + m + m * d + d  # 2 LayerNorms, fc1, fc2
+    macs = tokens * (2 * d * qk + d * v + v * d + 2 * d * m)
+    macs += dims.num_heads * tokens * tokens * (dims.qk_head_dim + dims.v_head_dim)
+    return ModelSize(params=params, macs=macs)
+
+
+__all__ = ["LayerDims", "ModelSize", "transformer_layer_size"]

@@ -33,6 +33,8 @@ class LayerPlan:
     mlp: list[int]
 
     def dims(self) -> LayerDims:
+        if not self.heads:  # a layer without attention
+            return LayerDims(0, 0, 0, len(self.mlp))
         return LayerDims(len(self.heads), len(self.qk[0]), len(self.v[0]), len(self.mlp))
 
     def qk_rows(self, source: LayerDims) -> list[int]:
@@ -123,8 +125,15 @@ class PruningPlan:
         _check_indices(self.hidden, hidden_size, "hidden channels", "the model")
         for idx, (lp, d) in enumerate(zip(self.layers, layer_dims, strict=True)):
             where = f"layer {idx}"
-            _check_indices(lp.heads, d.num_heads, "heads", where)
             _check_indices(lp.mlp, d.intermediate_size, "MLP units", where)
+            if not d.has_attention:
+                if lp.heads or lp.qk or lp.v:
+                    raise ValueError(
+                        f"The plan keeps heads or query/key/value filters in {where}, which has no attention; give "
+                        "empty 'heads', 'qk' and 'v' lists there."
+                    )
+                continue
+            _check_indices(lp.heads, d.num_heads, "heads", where)
             for group, per_head, size in (("qk", lp.qk, d.qk_head_dim), ("v", lp.v, d.v_head_dim)):
                 name = "query/key" if group == "qk" else "value"
                 if len(per_head) != len(lp.heads):

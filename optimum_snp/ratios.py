@@ -75,6 +75,8 @@ class PruningRatios:
         self.validate(len(layer_dims))
 
         def kept(ratio: float, dim: int, what: str) -> int:
+            if dim == 0:  # a group the layer does not have (e.g. attention in a pooling block)
+                return 0
             n = dim - removed_count(ratio, dim)
             if n < 1:
                 raise ValueError(

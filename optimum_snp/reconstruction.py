@@ -168,9 +168,14 @@ class TargetCache:
         self.adapter = get_adapter(model)
         self.model = model
         self.num_batches = num_batches
-        self.keys = [key for key, _ in self.adapter.reconstruction_targets()]
-        self.outputs = [{key: [] for key in self.keys} for _ in range(self.adapter.num_layers)]
+        self.keys = [
+            [key for key, _ in self.adapter.reconstruction_targets(idx)] for idx in range(self.adapter.num_layers)
+        ]
+        self.outputs = self._empty()
         self._handles = []
+
+    def _empty(self) -> list[dict[str, list]]:
+        return [{key: [] for key in keys} for keys in self.keys]
 
     @property
     def complete(self) -> bool:
@@ -187,7 +192,7 @@ class TargetCache:
     def __enter__(self) -> TargetCache:
         for idx in range(self.adapter.num_layers):
             modules = self.adapter.layer_modules(idx)
-            self._handles += [modules[key].register_forward_hook(self._record(idx, key)) for key in self.keys]
+            self._handles += [modules[key].register_forward_hook(self._record(idx, key)) for key in self.keys[idx]]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -200,7 +205,7 @@ class TargetCache:
         """Runs the model on `batches` if the cache is not complete yet (e.g. data-free criteria: no scoring pass)."""
         if self.complete:
             return self
-        self.outputs = [{key: [] for key in self.keys} for _ in range(self.adapter.num_layers)]
+        self.outputs = self._empty()
         was_training = self.model.training
         self.model.eval()
         try:
@@ -246,7 +251,8 @@ def reconstruct(
     plan = plan.normalized()
     adapter_o, adapter_p = get_adapter(original), get_adapter(pruned)
     source_dims = adapter_o.layer_dims()
-    hidden = torch.as_tensor(plan.hidden)
+    # the kept hidden channels, or None when all are kept (then widths may also differ by stage, as in hybrids)
+    hidden = torch.as_tensor(plan.hidden) if len(plan.hidden) < adapter_o.hidden_size else None
     was_training = (original.training, pruned.training)
     original.eval()
     pruned.eval()
@@ -280,11 +286,11 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
 
         return hook
 
-    keys = adapter_o.reconstruction_targets()
+    keys = [adapter_o.reconstruction_targets(idx) for idx in range(adapter_o.num_layers)]
     handles = [
         adapter_o.layer_modules(idx)[key].register_forward_pre_hook(record((idx, key)))
         for idx in range(adapter_o.num_layers)
-        for key, _ in keys
+        for key, _ in keys[idx]
     ]
     try:
         for batch in batches:
@@ -297,7 +303,7 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
     for idx in range(adapter_o.num_layers):
         mods_o, mods_p = adapter_o.layer_modules(idx), adapter_p.layer_modules(idx)
         entry = {"layer": idx}
-        for key, group in keys:
+        for key, group in keys[idx]:
             kept = set(_kept_inputs(plan, idx, group, source_dims))
             removed = torch.as_tensor([i for i in range(mods_o[key].in_features) if i not in kept], dtype=torch.long)
             proj_o, proj_p = mods_o[key], mods_p[key]
@@ -305,16 +311,18 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
                 entry[key] = {"removed": int(len(removed))}
                 continue
             total, rows = sums[idx, key]
-            shift = proj_o.weight.detach().double()[hidden][:, removed] @ (total[removed] / rows)
+            weight = proj_o.weight.detach().double()
+            weight = weight[hidden] if hidden is not None else weight
+            shift = weight[:, removed] @ (total[removed] / rows)
             proj_p.bias.add_(shift.to(proj_p.bias.dtype))
             entry[key] = {"removed": int(len(removed)), "bias_shift_norm": float(shift.norm())}
         layers.append(entry)
     return {"mode": "bias", "layers": layers}
 
 
-def _select(output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """`output` restricted to the kept hidden channels (no copy when every channel is kept)."""
-    if len(hidden) == output.shape[-1] and bool((hidden == torch.arange(len(hidden))).all()):
+def _select(output: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+    """`output` restricted to the kept hidden channels (no copy when every channel is kept: `hidden` None)."""
+    if hidden is None:
         return output
     return output.index_select(-1, hidden.to(output.device))
 
@@ -375,13 +383,13 @@ def _least_squares(
         cache.fill(batches)
     inputs_p = _layer_inputs(pruned, adapter_p, batches)
     masks = [adapter_p.token_mask(batch) for batch in batches]
-    keys = [key for key, _ in adapter_o.reconstruction_targets()]
     layers = []
     stats_bytes = 0
     progress = tqdm(range(adapter_o.num_layers), desc="SNP reconstruction", unit="layer", disable=not show_progress)
     for idx in progress:
         layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
         mods_o = adapter_o.layer_modules(idx)
+        keys = [key for key, _ in adapter_o.reconstruction_targets(idx)]
         if cache is None:
             next_o, outputs = _unpruned_layer_pass(
                 adapter_o.layer(idx), {k: mods_o[k] for k in keys}, inputs_o, hidden

@@ -27,7 +27,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         keep[name].append((axis, plan.hidden))
     for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims, strict=True)):
         groups = adapter.layer_groups(idx)
-        rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp}
+        rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp, "heads": lp.heads}
         for group, members in groups.items():
             for name, axis in members:
                 keep[name].append((axis, rows[group]))

@@ -120,8 +120,11 @@ def masked_reference(model: nn.Module, plan: PruningPlan) -> nn.Module:
         for idx, (lp, d) in enumerate(zip(plan.layers, dims, strict=True)):
             rows = {"qk": lp.qk_rows(d), "v": lp.v_rows(d), "mlp": lp.mlp}
             for group, members in adapter.layer_groups(idx).items():
+                if group == "heads":  # per-head tensors (a bias table): a removed head is silenced by its v rows
+                    continue
                 for name, axis in members:
-                    if axis == 0:  # zero the filter's output rows; that already silences it
+                    # zero the filter's output rows (weights, not norm statistics); that already silences it
+                    if axis == 0 and name in params:
                         zero_except(name, axis, rows[group])
         if len(plan.hidden) < adapter.hidden_size:
             for name, axis in adapter.hidden_group():

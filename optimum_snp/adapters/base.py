@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layer_dims import LayerDims, ModelSize
+from ..layer_dims import LayerDims, ModelSize, transformer_layer_size
 
 
 PER_LAYER_FIELDS = ("num_heads_per_layer", "qk_head_dims", "v_head_dims", "intermediate_sizes")
@@ -165,19 +165,38 @@ class ArchitectureAdapter:
                 out.append((f"{names[module]}.bias", 0))
             return out
 
-        return {
-            "qk": params("q_proj", 0) + params("k_proj", 0),
-            "v": params("v_proj", 0) + params("o_proj", 1),
-            "mlp": params("fc1", 0) + params("fc2", 1),
-        }
+        groups = {"mlp": params("fc1", 0) + params("fc2", 1)}
+        if "q_proj" in mods:  # layers without attention have only the MLP group
+            groups = {
+                "qk": params("q_proj", 0) + params("k_proj", 0),
+                "v": params("v_proj", 0) + params("o_proj", 1),
+                **groups,
+            }
+        return groups
 
     def attention_scaling(self, idx: int) -> float:
         return float(self.layer_modules(idx)["attention"].scaling)
 
-    def reconstruction_targets(self) -> list[tuple[str, str]]:
+    def attention_bias(self, idx: int) -> torch.Tensor | None:
+        """(heads, tokens, tokens) added to layer `idx`'s attention logits before the softmax (e.g. EfficientFormer's
+        learned positional bias), or None. The query/key criteria compute the attention probabilities with it."""
+        return None
+
+    def output_scale(self, idx: int, key: str) -> torch.Tensor | None:
+        """Per-output-channel factor between the projection `key` of layer `idx` and the residual stream it writes
+        (layer scale, an inference-mode BatchNorm), or None for 1. The criteria weigh a unit's output weights with it,
+        so that units are compared by what they add to the residual stream."""
+        return None
+
+    def reconstruction_targets(self, idx: int | None = None) -> list[tuple[str, str]]:
         """(module key, group) of every projection that reads a pruned group of a layer and writes the residual
-        stream, in forward order: the modules `reconstruction.reconstruct` refits."""
-        return [("o_proj", "v"), ("fc2", "mlp")]
+        stream, in forward order: the modules `reconstruction.reconstruct` refits. With `idx`, those layer `idx` has
+        (a layer without attention has no `o_proj`)."""
+        targets = [("o_proj", "v"), ("fc2", "mlp")]
+        if idx is None:
+            return targets
+        modules = self.layer_modules(idx)
+        return [(key, group) for key, group in targets if key in modules]
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def model_inputs(self, batch) -> dict:
@@ -209,6 +228,12 @@ class ArchitectureAdapter:
     @classmethod
     def embedding_size(cls, config, hidden_size: int, tokens: int) -> ModelSize:
         raise NotImplementedError
+
+    @classmethod
+    def layer_size(cls, config, idx: int, dims: LayerDims, hidden_size: int, tokens: int, qkv_bias: bool) -> ModelSize:
+        """Params and MACs of layer `idx` with `dims` (`tokens`: the model's token count for the input size). The
+        pre-norm transformer layer by default; hybrids override it."""
+        return transformer_layer_size(dims, hidden_size, tokens, qkv_bias)
 
     @classmethod
     def head_size(cls, config, class_name: str, hidden_size: int, tokens: int) -> ModelSize:

@@ -4,6 +4,7 @@ the transformers Auto classes (`optimum_snp.adapters.register_adapter`)."""
 
 from .configuration_snp import SNPDeiTConfig, SNPViTConfig
 from .configuration_snp_bert import SNPBertConfig, SNPRobertaConfig, SNPXLMRobertaConfig
+from .configuration_snp_efficientformer import SNPEfficientFormerConfig
 from .modeling_snp import (
     SNPDeiTForImageClassification,
     SNPDeiTForImageClassificationWithTeacher,
@@ -27,6 +28,11 @@ from .modeling_snp_bert import (
     SNPRobertaModel,
     SNPXLMRobertaModel,
 )
+from .modeling_snp_efficientformer import (
+    SNPEfficientFormerForImageClassification,
+    SNPEfficientFormerModel,
+    SNPEfficientFormerPreTrainedModel,
+)
 
 
 __all__ = [
@@ -35,6 +41,10 @@ __all__ = [
     "SNPBertConfig",
     "SNPRobertaConfig",
     "SNPXLMRobertaConfig",
+    "SNPEfficientFormerConfig",
+    "SNPEfficientFormerPreTrainedModel",
+    "SNPEfficientFormerModel",
+    "SNPEfficientFormerForImageClassification",
     "SNPViTPreTrainedModel",
     "SNPViTModel",
     "SNPViTForImageClassification",

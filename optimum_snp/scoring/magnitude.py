@@ -24,7 +24,12 @@ def magnitude_scores(model: nn.Module) -> GroupScores:
     for idx, dims in enumerate(adapter.layer_dims()):
         group = {}
         for name, members in adapter.layer_groups(idx).items():
-            group[name] = sum(_sq_norms(params[p], axis) for p, axis in members)
+            # weights only: a group's buffers (e.g. BatchNorm running statistics) are sliced, not scored
+            group[name] = sum(_sq_norms(params[p], axis) for p, axis in members if p in params)
+        if not dims.has_attention:
+            empty = torch.zeros(0, 0)
+            layers.append(LayerScores(heads=torch.zeros(0), qk=empty, v=empty, mlp=group["mlp"].sqrt()))
+            continue
         qk = group["qk"].view(dims.num_heads, dims.qk_head_dim)
         v = group["v"].view(dims.num_heads, dims.v_head_dim)
         heads = qk.sum(1) + v.sum(1)

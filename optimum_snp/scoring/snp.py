@@ -45,8 +45,13 @@ from .base import GroupScores, LayerScores
 from .magnitude import magnitude_scores, random_scores
 
 
-def _col_sq_norms(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().float().pow(2).sum(0)
+def _col_sq_norms(weight: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared norm of every column of `weight` (out, in), its rows first multiplied by `row_scale` (what the output
+    channels are multiplied by before they reach the residual stream: layer scale, an inference-mode BatchNorm)."""
+    weight = weight.detach().float()
+    if row_scale is not None:
+        weight = weight * row_scale.detach().float().to(weight.device)[:, None]
+    return weight.pow(2).sum(0)
 
 
 QUERY_SAMPLE = 64  # query rows per image used by "attention_kl" (all of them when there are fewer)
@@ -90,12 +95,13 @@ class SNPStatistics:
         for idx in range(len(self.layers)):
             mods = self.adapter.layer_modules(idx)
             stats = self.layers[idx]
-            self._handles += [
-                mods["q_proj"].register_forward_hook(self._keep("q", stats)),
-                mods["k_proj"].register_forward_hook(self._keep("k", stats)),
-                mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
-                mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)),
-            ]
+            self._handles.append(mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)))
+            if stats.dims.has_attention:
+                self._handles += [
+                    mods["q_proj"].register_forward_hook(self._keep("q", stats)),
+                    mods["k_proj"].register_forward_hook(self._keep("k", stats)),
+                    mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
+                ]
         if self.criteria["hidden"] == "contribution":
             if not self.adapter.supports_hidden_pruning:
                 raise ValueError(
@@ -168,7 +174,9 @@ class SNPStatistics:
                 "qk_norm",
                 "logits",
             ):
-                self._qk_stats(stats, self.adapter.attention_scaling(idx), batch, tokens)
+                self._qk_stats(
+                    stats, self.adapter.attention_scaling(idx), batch, tokens, self.adapter.attention_bias(idx)
+                )
             stats.q = stats.k = None
             if self._qk_only:
                 return
@@ -180,7 +188,11 @@ class SNPStatistics:
                 flat = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 stats.add("v_cos", torch.einsum("bti,btj->ij", flat, flat))
             if self.criteria["heads"] == "contribution":
-                w = mods["o_proj"].weight.detach().float().view(-1, d.num_heads, d.v_head_dim)
+                w = mods["o_proj"].weight.detach().float()
+                scale = self.adapter.output_scale(idx, "o_proj")
+                if scale is not None:
+                    w = w * scale.detach().float()[:, None]
+                w = w.view(-1, d.num_heads, d.v_head_dim)
                 gram = torch.einsum("khi,khj->hij", w, w)  # W_h^T W_h per head
                 energy = torch.einsum("bthi,hij,bthj->bh", o, gram, o).clamp_min(0).sqrt()
                 stats.add("heads", energy.sum(0))
@@ -193,30 +205,33 @@ class SNPStatistics:
             return tensor
         return tensor * self._mask.view(*self._mask.shape, *([1] * (tensor.dim() - 2))).to(tensor.dtype)
 
-    def _qk_stats(self, stats, scaling, batch, tokens):
+    def _qk_stats(self, stats, scaling, batch, tokens, bias=None):
         d = stats.dims
         q = stats.q.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)  # (B, H, N, d)
         k = stats.k.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)
+        if bias is not None:
+            bias = bias.detach().float().to(q.device)
         if self._mask is None:
-            self._qk_stats_of(stats, scaling, q, k)
+            self._qk_stats_of(stats, scaling, q, k, bias)
             return
         # padded batch: each sequence on its real tokens alone, as if it had been run by itself
         for b in range(batch):
             real = self._mask[b]
-            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real])
+            b_bias = bias[:, real][:, :, real] if bias is not None else None
+            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real], b_bias)
 
-    def _qk_stats_of(self, stats, scaling, q, k):
+    def _qk_stats_of(self, stats, scaling, q, k, bias=None):
         crit = self.criteria["qk"]
         if crit == "qk_norm":
             stats.add("qk", (q.pow(2).sum(2).sqrt() * k.pow(2).sum(2).sqrt()).sum(0))
             return
         if crit == "attention":
-            stats.add("qk", attention_change_scores(q, k, scaling).sum(0))
+            stats.add("qk", attention_change_scores(q, k, scaling, bias).sum(0))
         elif crit == "attention_iterative":
             kept = stats.qk_kept.to(q.device, q.dtype)[None, :, None, :]  # (1, H, 1, d)
-            stats.add("qk", attention_change_scores(q * kept, k * kept, scaling).sum(0))
+            stats.add("qk", attention_change_scores(q * kept, k * kept, scaling, bias).sum(0))
         elif crit == "attention_kl":
-            stats.add("qk_gram", attention_kl_gram(q, k, scaling, QUERY_SAMPLE).sum(0))
+            stats.add("qk_gram", attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias).sum(0))
         elif crit == "logits":
             kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
             gram = (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)  # (B, H, d, d)
@@ -295,6 +310,15 @@ class SNPStatistics:
         for idx, stats in enumerate(self.layers):
             d = stats.dims
             mods = self.adapter.layer_modules(idx)
+            mlp_out = _col_sq_norms(mods["fc2"].weight, self.adapter.output_scale(idx, "fc2")).sqrt()
+            if not d.has_attention:  # only the MLP group
+                mlp_crit = self.criteria["mlp"]
+                if mlp_crit in fallback:
+                    mlp = fallback[mlp_crit].layers[idx].mlp
+                else:
+                    mlp = (stats.sums["mlp"] / n).float() * mlp_out
+                layers.append(LayerScores(heads=torch.zeros(0), qk=torch.zeros(0, 0), v=torch.zeros(0, 0), mlp=mlp))
+                continue
             entry = {}
             for group, crit in self.criteria.items():
                 if group == "hidden":
@@ -310,7 +334,8 @@ class SNPStatistics:
             v_crit = self.criteria["v"]
             similarity = None
             if "v" not in entry:
-                out_norm = _col_sq_norms(mods["o_proj"].weight).sqrt().view(d.num_heads, d.v_head_dim)
+                out_norm = _col_sq_norms(mods["o_proj"].weight, self.adapter.output_scale(idx, "o_proj")).sqrt()
+                out_norm = out_norm.view(d.num_heads, d.v_head_dim)
                 contribution = (stats.sums["v_norm"] / n).float() * out_norm
                 if v_crit == "contribution":
                     entry["v"] = contribution
@@ -320,7 +345,7 @@ class SNPStatistics:
                     entry["v"] = (1 - rho) * (contribution if v_crit == "redundancy" else 1.0)
                     entry["v_contribution"] = contribution if v_crit == "redundancy" else torch.ones_like(contribution)
             if "mlp" not in entry:
-                entry["mlp"] = (stats.sums["mlp"] / n).float() * _col_sq_norms(mods["fc2"].weight).sqrt()
+                entry["mlp"] = (stats.sums["mlp"] / n).float() * mlp_out
             if "heads" not in entry:
                 entry["heads"] = (stats.sums["heads"] / n).float()
             layers.append(
@@ -338,12 +363,20 @@ class SNPStatistics:
         return GroupScores(hidden=hidden, layers=layers)
 
 
-def attention_kl_gram(q: torch.Tensor, k: torch.Tensor, scaling: float, max_queries: int | None = None):
+def _probs(q: torch.Tensor, k: torch.Tensor, scaling: float, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(s Q K^T + bias): the attention probabilities (bias: (H, N, N) or None)."""
+    logits = scaling * q @ k.transpose(-1, -2)
+    return (logits if bias is None else logits + bias).softmax(-1)
+
+
+def attention_kl_gram(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, max_queries: int | None = None, bias: torch.Tensor | None = None
+):
     """M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) per head: 1_R^T M 1_R is twice the second-order KL of the
-    attention rows when the pairs R are removed. q, k: (B, H, N, d). With `max_queries`, an evenly spaced subset of
-    that many query rows (scaled up to all N). Returns (B, H, d, d)."""
+    attention rows when the pairs R are removed. q, k: (B, H, N, d); `bias` (H, N, N) is added to the logits. With
+    `max_queries`, an evenly spaced subset of that many query rows (scaled up to all N). Returns (B, H, d, d)."""
     tokens = q.shape[-2]
-    probs = (scaling * q @ k.transpose(-1, -2)).softmax(-1)  # (B, H, N, N)
+    probs = _probs(q, k, scaling, bias)  # (B, H, N, N)
     scale = 1.0
     if max_queries is not None and tokens > max_queries:
         rows = torch.linspace(0, tokens - 1, max_queries, device=q.device).round().long()
@@ -388,14 +421,17 @@ def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def attention_change_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+def attention_change_scores(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """||dA||^2 per query/key pair: the first-order change of the attention probabilities when pair i is removed.
 
     q, k: (..., N, d). With A = softmax(s Q K^T), removing pair i changes row t of the logits by -s q_i[t] k_i, so
     dA_t = -s q_i[t] A_t * (k_i - <A_t, k_i>) and ||dA||^2 = s^2 sum_t q_i[t]^2 (A_t^2 @ k_i^2 - 2 m A_t^2 @ k_i +
-    m^2 sum_u A_tu^2) with m = <A_t, k_i>: three N x N x d matmuls per head. Returns (..., d).
+    m^2 sum_u A_tu^2) with m = <A_t, k_i>: three N x N x d matmuls per head; `bias` (H, N, N) is added to the logits
+    (it does not depend on the pairs). Returns (..., d).
     """
-    probs = (scaling * q @ k.transpose(-1, -2)).softmax(-1)
+    probs = _probs(q, k, scaling, bias)
     mean_k = probs @ k
     probs.square_()
     dim = k.shape[-1]
