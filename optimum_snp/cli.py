@@ -214,6 +214,24 @@ def _run(args) -> int:
     return 0 if reloaded_ok else 1
 
 
+def add_export_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--quantize` of `export onnx` (a no-op when the parser has it already)."""
+    try:
+        parser.add_argument(
+            "--quantize",
+            default=None,
+            choices=["dynamic"],
+            help="Also write model_quantized.onnx: int8 weights on every MatMul (onnxruntime dynamic quantization, "
+            "per channel), compared with the float model (top-1 agreement, max relative logit error).",
+        )
+    except argparse.ArgumentError:  # registered by `add_export_onnx_arguments` already
+        pass
+
+
+def _megabytes(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1e6:.2f} MB"
+
+
 def run_export_onnx(args) -> int:
     """`optimum-cli snp export onnx`: exports, prints what was written; 2 with a one-line message for bad input."""
     from .exporters.onnx import export_onnx
@@ -227,6 +245,7 @@ def run_export_onnx(args) -> int:
             validate=not args.no_validate,
             atol=args.atol,
             overwrite=args.overwrite,
+            quantize=getattr(args, "quantize", None),
         )
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -246,8 +265,30 @@ def run_export_onnx(args) -> int:
         ("inputs", ", ".join(result.input_names) + " (dynamic batch axis)"),
         ("outputs", ", ".join(result.output_names)),
         ("onnxruntime vs PyTorch", check),
-        ("files", ", ".join(result.files)),
     ]
+    if result.quantize is not None:
+        rows.append(
+            (
+                "int8 model",
+                f"{result.int8_path} ({result.quantize} quantization, int8 MatMul weights per channel; "
+                f"{_megabytes(result.float_bytes)} -> {_megabytes(result.int8_bytes)})",
+            )
+        )
+        if result.int8_checked_on is None:
+            rows.append(("int8 vs float", "not validated (--no-validate)"))
+        else:
+            agreement = "n/a (no logits output)" if result.int8_agreement is None else f"{result.int8_agreement:.1%}"
+            where = "validation examples" if result.int8_checked_on == "validation_dataset" else "example inputs"
+            rows.append(
+                (
+                    "int8 vs float",
+                    f"top-1 agreement {agreement} on {result.int8_num_samples} {where}, max "
+                    f"relative logit error {result.int8_max_rel_error:.1e} (reported, not a failure)",
+                )
+            )
+        if result.int8_top1 is not None:
+            rows.append(("top-1 float -> int8", f"{result.float_top1:.2%} -> {result.int8_top1:.2%}"))
+    rows.append(("files", ", ".join(result.files)))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -263,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["export", "onnx"]:
         parser = argparse.ArgumentParser(prog="python -m optimum_snp export onnx", description=run_export_onnx.__doc__)
         add_export_onnx_arguments(parser)
+        add_export_quantize_arguments(parser)
         return run_export_onnx(parser.parse_args(argv[2:]))
     parser = argparse.ArgumentParser(prog="snp-prune", description=__doc__)
     add_prune_arguments(parser)

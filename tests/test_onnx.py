@@ -209,3 +209,135 @@ def test_cli_errors_are_one_line(tmp_path, saved_vit, capsys):
     )
     assert "opset must be an integer >= 18" in capsys.readouterr().err
     assert os.listdir(out) == ["mine.txt"] and not (tmp_path / "x").exists()
+
+
+# ---- int8: quantize="dynamic" (onnxruntime dynamic quantization), checked against the float model --------------
+def labelled_images(model: nn.Module, processor, count: int = 24):
+    """Random 32x32 images labelled with `model`'s own predictions: the float ONNX model must score 100% on them."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+    labels = logits_of(model, processor(images, return_tensors="pt")["pixel_values"]).argmax(-1).tolist()
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=model.config.num_labels)})
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def negated_logits(path, output_path) -> None:
+    """A stand-in for a broken int8 model: the float graph with its logits negated (its argmax never agrees)."""
+    graph_model = onnx.load(path)
+    graph = graph_model.graph
+    for node in graph.node:
+        node.output[:] = ["logits_raw" if name == "logits" else name for name in node.output]
+    graph.node.append(onnx.helper.make_node("Neg", ["logits_raw"], ["logits"]))
+    onnx.save(graph_model, output_path)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    """A pruned SNP ViT, exported with quantize="dynamic" and checked on a labelled dataset (shared)."""
+    model = pruned_model("vit", seed=1)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    dataset = labelled_images(model, processor)
+    output = tmp_path_factory.mktemp("int8") / "out"
+    result = export_onnx(model, output, quantize="dynamic", validation_dataset=dataset, image_processor=processor)
+    return model, processor, dataset, result
+
+
+def test_int8_export_checked_on_a_labelled_dataset(int8_export):
+    model, processor, dataset, result = int8_export
+    assert result.max_abs_diff <= ATOL  # the float model is still held to atol against PyTorch
+    assert result.files == ["config.json", "model.onnx", "model_quantized.onnx", "preprocessor_config.json"]
+    assert result.quantize == "dynamic" and result.int8_path == os.path.join(result.output_dir, "model_quantized.onnx")
+    assert result.int8_bytes == os.path.getsize(result.int8_path) < result.float_bytes == os.path.getsize(result.path)
+    ops = onnx_ops(result.int8_path)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "MatMulInteger" not in onnx_ops(result.path)
+    scales = [i for i in onnx.load(result.int8_path).graph.initializer if i.name.endswith("_scale")]
+    assert scales and all(len(s.dims) == 1 and s.dims[0] > 1 for s in scales)  # one scale per output channel
+
+    assert result.int8_checked_on == "validation_dataset" and result.int8_num_samples == len(dataset)
+    assert result.float_top1 == 1.0  # the labels are the model's own predictions
+    session = onnx_session(result.int8_path)
+    pixels = processor(list(dataset["image"]), return_tensors="np")["pixel_values"]
+    int8_logits = run_onnx(session, pixels)["logits"]
+    predictions = int8_logits.argmax(-1)
+    assert result.int8_top1 == pytest.approx(float((predictions == np.array(dataset["label"])).mean()))
+    assert result.int8_agreement == pytest.approx(result.int8_top1) and 0.5 <= result.int8_agreement <= 1
+    float_logits = run_onnx(onnx_session(result.path), pixels)["logits"]
+    assert 0 < np.abs(int8_logits - float_logits).max() < 0.2 * np.abs(float_logits).max()
+    assert 0 < result.int8_max_rel_error < 0.2
+
+
+def test_int8_agreement_is_measured_and_can_gate(int8_export, tmp_path, monkeypatch):
+    model, processor, dataset, exported = int8_export
+    # skip the real export (the float graph of this model is known) and quantize to a model that never agrees
+    monkeypatch.setattr(onnx_exporter, "_torch_export", lambda *args: shutil.copy(exported.path, args[1]))
+    monkeypatch.setattr(onnx_exporter, "quantize_dynamic_onnx", negated_logits)
+    # reported, not failed on, by default
+    result = export_onnx(
+        model, tmp_path / "a", quantize="dynamic", validation_dataset=dataset, image_processor=processor
+    )
+    assert result.int8_checked_on == "validation_dataset" and result.int8_num_samples == len(dataset)
+    assert result.int8_agreement == 0.0 and result.int8_top1 == 0.0 and result.float_top1 == 1.0
+    assert result.int8_max_rel_error > 1  # -x is 2|x| away from x
+    result = export_onnx(model, tmp_path / "b", quantize="dynamic")
+    assert result.int8_checked_on == "example inputs" and result.int8_num_samples == 32
+    assert result.int8_agreement == 0.0 and result.float_top1 is None and result.int8_top1 is None
+
+    # the gate fails after quantizing, and leaves nothing behind
+    with pytest.raises(OnnxValidationError, match=r"agrees with the float model on 0.00% of 32 example inputs"):
+        export_onnx(model, tmp_path / "gated", quantize="dynamic", min_int8_agreement=0.5)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # neither the output nor the temporary folder
+
+
+def test_cli_quantize_flag(tmp_path, saved_vit, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["export", "onnx", "--model", str(saved_vit), "--output", str(out), "--quantize", "dynamic"]) == 0
+    printed = capsys.readouterr().out
+    assert "model_quantized.onnx (dynamic quantization, int8 MatMul weights per channel;" in printed
+    assert "top-1 agreement" in printed and "on 32 example inputs, max relative logit error" in printed
+    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "model_quantized.onnx"]
+    x = pixel_values(batch=3, seed=2)
+    got = run_onnx(onnx_session(out / "model_quantized.onnx"), x)["logits"]
+    assert got.shape == (3, 5) and np.isfinite(got).all()
+
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        cli_main(["export", "onnx", "--model", str(saved_vit), "--output", str(tmp_path / "x"), "--quantize", "qdq"])
+    assert "invalid choice: 'qdq' (choose from 'dynamic')" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(quantize="static"), r"quantize must be None \(float model only\) or 'dynamic'"),
+        (dict(quantize=True), r"quantize must be None .* got True"),
+        (dict(quantize="dynamic", min_int8_agreement=1.5), r"min_int8_agreement must be a number in \[0, 1\]"),
+        (dict(validation_dataset="images"), "check the int8 model; pass quantize='dynamic'"),
+        (dict(quantize="dynamic", validation_dataset="images", validate=False), "need validate=True"),
+        (dict(quantize="dynamic", validation_dataset="images"), "needs the model's image processor"),
+    ],
+)
+def test_bad_quantize_options(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export_onnx(tiny_model("vit"), tmp_path / "out", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_labelled_dataset_needs_a_classifier(tmp_path):
+    with pytest.raises(ValueError, match=r"top-1 of an image classifier; ViTModel has outputs \['last_hidden_state'"):
+        export_onnx(tiny_model("vit-base"), tmp_path / "out", quantize="dynamic", validation_dataset="images")
+    assert os.listdir(tmp_path) == []
+
+
+def test_quantize_without_onnxruntime(tmp_path, saved_vit, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    with pytest.raises(
+        ImportError,
+        match=r"Quantizing the ONNX model \(quantize='dynamic'\) needs the `onnxruntime` package.*"
+        r"pip install 'optimum-snp\[onnx\]'",
+    ):
+        export_onnx(saved_vit, tmp_path / "out", validate=False, quantize="dynamic")
+    assert not (tmp_path / "out").exists()
