@@ -214,20 +214,6 @@ def _run(args) -> int:
     return 0 if reloaded_ok else 1
 
 
-def add_export_quantize_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--quantize` of `export onnx` (a no-op when the parser has it already)."""
-    try:
-        parser.add_argument(
-            "--quantize",
-            default=None,
-            choices=["dynamic"],
-            help="Also write model_quantized.onnx: int8 weights on every MatMul (onnxruntime dynamic quantization, "
-            "per channel), compared with the float model (top-1 agreement, max relative logit error).",
-        )
-    except argparse.ArgumentError:  # registered by `add_export_onnx_arguments` already
-        pass
-
-
 def _megabytes(size: int | None) -> str:
     return "?" if size is None else f"{size / 1e6:.2f} MB"
 
@@ -245,7 +231,7 @@ def run_export_onnx(args) -> int:
             validate=not args.no_validate,
             atol=args.atol,
             overwrite=args.overwrite,
-            quantize=getattr(args, "quantize", None),
+            quantize=args.quantize,
         )
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -304,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["export", "onnx"]:
         parser = argparse.ArgumentParser(prog="python -m optimum_snp export onnx", description=run_export_onnx.__doc__)
         add_export_onnx_arguments(parser)
-        add_export_quantize_arguments(parser)
         return run_export_onnx(parser.parse_args(argv[2:]))
     parser = argparse.ArgumentParser(prog="snp-prune", description=__doc__)
     add_prune_arguments(parser)

@@ -119,12 +119,14 @@ def test_cli_exports_a_saved_pruned_folder(tmp_path):
     cli = shutil.which("optimum-cli", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert cli, "optimum-cli is not installed (pip install -e .)"
     args = [cli, "snp", "export", "onnx", "--model", str(source), "--output", str(out), "--overwrite"]
+    args += ["--quantize", "dynamic"]  # optimum-cli takes the same options as `python -m optimum_snp export onnx`
     result = subprocess.run(
         args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max abs diff" in result.stdout and "pixel_values (dynamic batch axis)" in result.stdout
-    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "preprocessor_config.json"]
+    assert "int8 model" in result.stdout
+    assert sorted(os.listdir(out)) == ["config.json", "model.onnx", "model_quantized.onnx", "preprocessor_config.json"]
 
     reloaded = AutoModelForImageClassification.from_pretrained(source)
     x = pixel_values(batch=2, seed=5)

@@ -135,6 +135,13 @@ def add_export_onnx_arguments(parser) -> None:
     )
     parser.add_argument("--no-validate", action="store_true", help="Skip the onnxruntime check.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output folder.")
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=["dynamic"],
+        help="Also write model_quantized.onnx: int8 weights on every MatMul (onnxruntime dynamic quantization, "
+        "per channel), compared with the float model (top-1 agreement, max relative logit error).",
+    )
 
 
 class SNPPruneCommand(BaseOptimumCLICommand):
