@@ -31,7 +31,7 @@ SIZE_OF_TABLE = {"DeiT_t": "tiny", "DeiT_s": "small", "DeiT_s_small": "small", "
 def _prune(model, table: str, round_to: int = 1):
     from optimum_snp import SNPConfig, SNPPruner
 
-    config = SNPConfig.from_ratio_table(table, criterion="magnitude", round_to=round_to)
+    config = SNPConfig.from_ratio_table(table, criterion="magnitude", reconstruct="none", round_to=round_to)
     return SNPPruner(model).prune(config, show_progress=False).eval()
 
 
