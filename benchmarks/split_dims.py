@@ -55,7 +55,9 @@ def rounding_section(runs: int, attention: str) -> None:
 
     torch.manual_seed(0)
     original = DeiTForImageClassification(deit_config("small")).eval()
-    table = SNPPruner(original).prune(SNPConfig.from_ratio_table("DeiT_s", criterion="magnitude", reconstruct="none"), show_progress=False)
+    table = SNPPruner(original).prune(
+        SNPConfig.from_ratio_table("DeiT_s", criterion="magnitude", reconstruct="none"), show_progress=False
+    )
     fields = {
         k: v
         for k, v in table.config.to_dict().items()
