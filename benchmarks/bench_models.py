@@ -104,11 +104,12 @@ class BenchSpec:
 
 
 def _spec_dict(spec: BenchSpec) -> dict:
-    """The spec as recorded in training.json (`stages` only when set, so that older records still match)."""
+    """The spec as recorded in training.json (`stages` only when set, so that older records still match; through
+    JSON, so that tuples compare equal to the lists read back)."""
     data = dataclasses.asdict(spec)
     if not spec.stages:
         data.pop("stages")
-    return data
+    return json.loads(json.dumps(data))
 
 
 BENCH: dict[str, BenchSpec] = {
