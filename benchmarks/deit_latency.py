@@ -65,13 +65,14 @@ def variants(size: str, model) -> dict:
 
     out = {}
     for table in TABLES[size]:
-        out[table] = (SNPConfig.from_ratio_table(table, criterion="magnitude"), None, table)
+        out[table] = (SNPConfig.from_ratio_table(table, criterion="magnitude", round_to=1), None, table)
         out[f"{table} round_to=8"] = (SNPConfig.from_ratio_table(table, criterion="magnitude", round_to=8), None, "")
     if size == "small":
-        table = SNPConfig.from_ratio_table("DeiT_s", criterion="magnitude")
+        table = SNPConfig.from_ratio_table("DeiT_s", criterion="magnitude", round_to=1)
         pruned = _prune(model, table)
         r = uniform_ratio_for(model, model_size_of(pruned).macs)
-        out["uniform @DeiT_s MACs"] = (SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r, criterion="magnitude"), None, "")
+        uniform = SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r, criterion="magnitude", round_to=1)
+        out["uniform @DeiT_s MACs"] = (uniform, None, "")
         for k in (16,):
             out[f"DeiT_s round_to={k}"] = (
                 SNPConfig.from_ratio_table("DeiT_s", criterion="magnitude", round_to=k),
@@ -80,7 +81,7 @@ def variants(size: str, model) -> dict:
             )
         out["DeiT_s, SDPA unpadded"] = (table, NOPAD, "")
     if size == "base":
-        heads = dict(target_macs=3.5e9, head_ratio=0.5, criterion="magnitude")
+        heads = dict(target_macs=3.5e9, head_ratio=0.5, criterion="magnitude", allocation="scores", round_to=1)
         out["heads @3.5G"] = (SNPConfig(**heads), None, "heads")
         out["heads @3.5G round_to=8"] = (SNPConfig(**heads, round_to=8), None, "")
     return out

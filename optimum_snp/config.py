@@ -99,11 +99,12 @@ class SNPConfig:
         default="snp", metadata={"help": "'snp', 'magnitude', 'random', or a dict group -> criterion name."}
     )
     qk_rank: int = field(default=4, metadata={"help": "Singular triplets used by the 'svd' query/key criteria."})
-    round_to: int = field(
-        default=1,
+    round_to: int | None = field(
+        default=None,
         metadata={
             "help": "Kept query/key and value dims per head, MLP units and hidden channels are multiples of this "
-            "(Torch-Pruning's round_to); see the README's latency section for what 8 and 16 buy."
+            "(Torch-Pruning's round_to). None (default): multiples of 8 for groups of at least 64 units, what this "
+            "CPU runs fastest (README, Latency); 1 reproduces ratio tables exactly."
         },
     )
     allocation: str = field(
@@ -124,6 +125,20 @@ class SNPConfig:
     )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
+    )
+    block_pruning: bool = field(
+        default=False,
+        metadata={
+            "help": "Block pruning under a MACs target: the allocation may also remove a layer's whole attention or "
+            "MLP block (its residual branch disappears); with allocation='validated' the allocations with and without "
+            "removed blocks are compared on the held-out images. ViT/DeiT."
+        },
+    )
+    remove_attention: list[int] = field(
+        default_factory=list, metadata={"help": "Layers whose attention block is removed whole (block pruning)."}
+    )
+    remove_mlp: list[int] = field(
+        default_factory=list, metadata={"help": "Layers whose MLP block is removed whole (block pruning)."}
     )
     reconstruct: str = field(
         default="least_squares",
@@ -181,11 +196,26 @@ class SNPConfig:
         self.criterion_per_group()  # validates
         if not isinstance(self.qk_rank, int) or self.qk_rank < 1:
             raise ValueError(f"`qk_rank` must be an int >= 1, got {self.qk_rank!r}.")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"`round_to` must be an int >= 1 (1: no rounding), got {self.round_to!r}.")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
+            raise ValueError(
+                f"`round_to` must be None (automatic) or an int >= 1 (1: no rounding), got {self.round_to!r}."
+            )
         if not 0.0 < self.max_allocated_ratio < 1.0:
             raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
         check_reconstruct(self.reconstruct, self.ridge)
+        if not isinstance(self.block_pruning, bool):
+            raise ValueError(f"`block_pruning` must be True or False, got {self.block_pruning!r}.")
+        for name in ("remove_attention", "remove_mlp"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            if not isinstance(value, list) or any(
+                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value
+            ):
+                raise ValueError(f"`{name}` must be a list of layer indices (ints >= 0), got {value!r}.")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"Unknown `allocation` {self.allocation!r}; choose one of {list(ALLOCATIONS)}.")
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):

@@ -21,8 +21,13 @@ class LayerDims:
 
     @property
     def has_attention(self) -> bool:
-        """False for layers without attention (e.g. EfficientFormer's pooling blocks: all attention dims 0)."""
+        """False for layers without attention (its block pruned, or EfficientFormer's pooling blocks): dims 0."""
         return self.num_heads > 0
+
+    @property
+    def has_mlp(self) -> bool:
+        """False for a layer whose MLP block is pruned (0 units)."""
+        return self.intermediate_size > 0
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,16 @@ class ModelSize:
 
 
 def transformer_layer_size(dims: LayerDims, hidden_size: int, tokens: int, qkv_bias: bool = True) -> ModelSize:
-    """Params and MACs of one pre-norm transformer layer (attention, MLP, two LayerNorms) on `tokens` tokens."""
+    """Params and MACs of one pre-norm transformer layer (attention, MLP, two LayerNorms) on `tokens` tokens; a
+    block with 0 dims (block pruning) is absent, its LayerNorm with it."""
     d, bias = hidden_size, int(qkv_bias)
     qk, v = dims.num_heads * dims.qk_head_dim, dims.num_heads * dims.v_head_dim
     m = dims.intermediate_size
-    params = 2 * (d * qk + bias * qk) + d * v + bias * v + v * d + d  # q, k, v, o
-    params += 4 * d + d * m + m + m * d + d  # 2 LayerNorms, fc1, fc2
+    params = 0
+    if dims.has_attention:
+        params += 2 * (d * qk + bias * qk) + d * v + bias * v + v * d + d + 2 * d  # q, k, v, o, LayerNorm
+    if dims.has_mlp:
+        params += d * m + m + m * d + d + 2 * d  # fc1, fc2, LayerNorm
     macs = tokens * (2 * d * qk + d * v + v * d + 2 * d * m)
     macs += dims.num_heads * tokens * tokens * (dims.qk_head_dim + dims.v_head_dim)
     return ModelSize(params=params, macs=macs)

@@ -110,6 +110,17 @@ class PruningPlan:
     def layer_dims(self) -> list[LayerDims]:
         return [lp.dims() for lp in self.layers]
 
+    def removed_blocks(self, source_dims: list[LayerDims]) -> list[tuple[int, str]]:
+        """(layer, 'attention' or 'mlp') of every block of the source model (`source_dims`) that the plan removes
+        whole (block pruning)."""
+        removed = []
+        for idx, (lp, d) in enumerate(zip(self.layers, source_dims, strict=True)):
+            if d.has_attention and not lp.heads:
+                removed.append((idx, "attention"))
+            if d.has_mlp and not lp.mlp:
+                removed.append((idx, "mlp"))
+        return removed
+
     def summary(self) -> list[dict]:
         """Kept dims per layer, e.g. for a report."""
         return [{"layer": i, **d.to_dict()} for i, d in enumerate(self.layer_dims())]
@@ -125,12 +136,20 @@ class PruningPlan:
         _check_indices(self.hidden, hidden_size, "hidden channels", "the model")
         for idx, (lp, d) in enumerate(zip(self.layers, layer_dims, strict=True)):
             where = f"layer {idx}"
-            _check_indices(lp.mlp, d.intermediate_size, "MLP units", where)
+            if lp.mlp or d.has_mlp:  # an empty list removes the MLP block (block pruning)
+                _check_indices(lp.mlp, d.intermediate_size, "MLP units", where, allow_empty=True)
             if not d.has_attention:
                 if lp.heads or lp.qk or lp.v:
                     raise ValueError(
                         f"The plan keeps heads or query/key/value filters in {where}, which has no attention; give "
                         "empty 'heads', 'qk' and 'v' lists there."
+                    )
+                continue
+            if not lp.heads:  # the attention block removed (block pruning)
+                if lp.qk or lp.v:
+                    raise ValueError(
+                        f"The plan keeps no head in {where} (its attention block removed) but lists query/key or value "
+                        "filters there; give empty 'qk' and 'v' lists, or keep at least one head."
                     )
                 continue
             _check_indices(lp.heads, d.num_heads, "heads", where)
@@ -166,8 +185,10 @@ class PruningPlan:
         return PruningPlan(hidden=sorted(self.hidden), layers=layers, metadata=dict(self.metadata))
 
 
-def _check_indices(indices: list[int], size: int, what: str, where: str) -> None:
+def _check_indices(indices: list[int], size: int, what: str, where: str, allow_empty: bool = False) -> None:
     if len(indices) == 0:
+        if allow_empty:
+            return
         raise ValueError(
             f"The plan would remove every one of the {size} {what} of {where}; keep at least one (lower the "
             "pruning ratio)."

@@ -34,7 +34,7 @@ from .ratios import PruningRatios
 from .reconstruction import TargetCache, reconstruct
 from .report import build_report
 from .scoring import magnitude_scores
-from .scoring.snp import snp_scores
+from .scoring.snp import scores_to_cpu, snp_scores
 from .slicing import apply_plan
 from .utils import atomic_directory, check_output_dir
 
@@ -116,6 +116,7 @@ class SNPPruner:
             raise ValueError(f"`config` must be an SNPConfig, got {type(config).__name__}.")
         if save_dir is not None:
             check_output_dir(save_dir, overwrite, source=self.source)
+        _check_device(self.model)
         adapter = get_adapter(self.model)
         ratios = config.pruning_ratios(adapter.num_layers)
         if not adapter.supports_hidden_pruning and SNPConfig._nonzero(config.hidden_ratio):
@@ -181,7 +182,7 @@ class SNPPruner:
         # query/key scores to choose among ('validated': SNP's second-order attention criterion, or weight magnitude)
         qk_variants = {criteria["qk"]: scores}
         if criteria["qk"] == "validated":
-            magnitude = magnitude_scores(self.model)
+            magnitude = scores_to_cpu(magnitude_scores(self.model))
             qk_variants = {
                 "attention_kl": scores,
                 "magnitude": replace(
@@ -278,7 +279,8 @@ class SNPPruner:
         if not config.has_target:
             kept_hidden, dims = ratios.kept_dims(adapter.hidden_size, layer_dims)
             kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
-            return [("ratios", kept_hidden, round_dims(dims, layer_dims, config.round_to))]
+            dims = _remove_blocks(round_dims(dims, layer_dims, config.round_to), config, adapter)
+            return [("ratios", kept_hidden, dims)]
         # heads and hidden channels from their ratios, the rest allocated to reach the target
         kept_hidden, base_dims = PruningRatios(
             qk=[0.0] * len(layer_dims),
@@ -287,6 +289,7 @@ class SNPPruner:
             heads=ratios.heads,
             hidden=ratios.hidden,
         ).kept_dims(adapter.hidden_size, layer_dims)
+        base_dims = _remove_blocks(base_dims, config, adapter)
         kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
         original = model_size_of(self.model).macs
         target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
@@ -305,9 +308,19 @@ class SNPPruner:
         candidates = [
             (f"scores^{e:g}", kept_hidden, allocate_dims(scores, macs_exponent=e, **common)) for e in exponents
         ]
+        if config.block_pruning:  # the same greedy, whole blocks allowed (alone with allocation='scores')
+            blocks = [
+                (
+                    f"scores^{e:g}+blocks",
+                    kept_hidden,
+                    allocate_dims(scores, macs_exponent=e, allow_block_removal=True, **common),
+                )
+                for e in exponents
+            ]
+            candidates = blocks if config.allocation == "scores" else candidates + blocks
         if config.allocation == "validated":
             # the same greedy on weight-magnitude scores: they put the cuts elsewhere, which the refit may absorb better
-            magnitude = magnitude_scores(self.model)
+            magnitude = scores_to_cpu(magnitude_scores(self.model))
             candidates += [
                 (f"magnitude-scores^{e:g}", kept_hidden, allocate_dims(magnitude, macs_exponent=e, **common))
                 for e in exponents
@@ -371,14 +384,6 @@ class SNPPruner:
         return target
 
 
-def _has_choices(config: SNPConfig, criteria: dict) -> bool:
-    """Whether prune() will compare candidates on held-out images (allocation and/or query/key criterion)."""
-    if config.has_target and config.allocation == "validated":
-        return True
-    qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
-    return criteria["qk"] == "validated" and qk_pruned
-
-
 def load_model(source: str, **kwargs) -> nn.Module:
     """The model saved in the folder or Hub repo `source`, with the Auto class of the class its config names
     (`AutoModel` when it names none, e.g. a sentence-transformers folder). timm checkpoints (`timm/<name>` ids, timm
@@ -408,6 +413,29 @@ def load_model(source: str, **kwargs) -> nn.Module:
             f"(model_type={config.model_type!r}) in {source!r}. Load a supported class and pass the instance."
         ) from None
     return getattr(transformers, auto).from_pretrained(source, **kwargs)
+
+
+def _remove_blocks(dims: list, config: SNPConfig, adapter) -> list:
+    """`dims` with the blocks `config.remove_attention` / `config.remove_mlp` removed (their dims set to 0)."""
+    if not (config.remove_attention or config.remove_mlp or config.block_pruning):
+        return list(dims)
+    if not adapter.supports_block_removal:
+        raise ValueError(
+            "Block pruning (remove_attention, remove_mlp, block_pruning=True) is not available for "
+            f"{type(adapter.model).__name__}: its pruned family keeps every block. Use it with ViT/DeiT models."
+        )
+    bad = sorted(i for i in [*config.remove_attention, *config.remove_mlp] if i >= len(dims))
+    if bad:
+        raise ValueError(
+            f"remove_attention / remove_mlp name layers {bad}, but the model has {len(dims)} layers "
+            f"(0..{len(dims) - 1})."
+        )
+    out = list(dims)
+    for idx in config.remove_attention:
+        out[idx] = replace(out[idx], num_heads=0, qk_head_dim=0, v_head_dim=0)
+    for idx in config.remove_mlp:
+        out[idx] = replace(out[idx], intermediate_size=0)
+    return out
 
 
 def _has_choices(config: SNPConfig, criteria: dict) -> bool:
@@ -464,6 +492,22 @@ def _divergence(reference: tuple, outputs: tuple, hidden: list[int]) -> float:
     if ref.shape[-1] != out.shape[-1]:
         ref = ref[..., hidden]
     return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
+
+
+def _check_device(model: nn.Module) -> None:
+    """Pruning runs where the model is, on one device: clear errors for weights not loaded (meta) or spread over
+    several devices (e.g. `device_map="auto"`)."""
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if any(d.type == "meta" for d in devices):
+        raise ValueError(
+            f"{type(model).__name__} has weights on the meta device (not loaded, e.g. built under init_empty_weights "
+            "or with device_map='meta'); load its weights, then prune it."
+        )
+    if len(devices) > 1:
+        raise ValueError(
+            f"{type(model).__name__} is spread over several devices ({', '.join(sorted(map(str, devices)))}); pruning "
+            "runs on one: move it there first, e.g. model.to('cuda')."
+        )
 
 
 __all__ = ["PLAN_NAME", "REPORT_NAME", "SNPPruner"]

@@ -82,6 +82,7 @@ class ProjectionStats:
         """Mean squared error per row of `X W^T + b` against `Y`, from the sums alone."""
         w = weight.detach().double().to(self.xtx.device)
         b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if bias is None else bias.detach().double()
+        b = b.to(w.device)
         total = (
             (w @ self.xtx * w).sum()
             + 2 * b @ (w @ self.x_sum)
@@ -95,7 +96,8 @@ class ProjectionStats:
     def solve(
         self, weight: torch.Tensor, bias: torch.Tensor | None, ridge: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weight and bias of `min ||X W^T + b - Y||^2 + lam ||W - weight||^2`, lam = ridge * mean(diag(X^T X))."""
+        """Weight and bias of `min ||X W^T + b - Y||^2 + lam ||W - weight||^2`, lam = ridge * mean(diag(X^T X)), in
+        float64 on the statistics' device (the caller casts them to the projection's dtype)."""
         k = self.xtx.shape[0]
         w0 = weight.detach().double().to(self.xtx.device)
         lam = ridge * float(self.xtx.diagonal().mean().clamp_min(1e-12))
@@ -110,8 +112,8 @@ class ProjectionStats:
         factor, info = torch.linalg.cholesky_ex(system)
         if int(info) == 0:
             solution = torch.cholesky_solve(rhs, factor)
-        else:  # singular (ridge 0 and too few distinct rows): minimum-norm least squares
-            solution = torch.linalg.lstsq(system, rhs, driver="gelsd").solution
+        else:  # singular (ridge 0 and too few distinct rows): minimum-norm least squares (gelsd: CPU only)
+            solution = torch.linalg.lstsq(system.cpu(), rhs.cpu(), driver="gelsd").solution.to(system.device)
         new_weight = solution[:k].T
         new_bias = solution[k] if bias is not None else None
         return new_weight, new_bias
@@ -286,7 +288,8 @@ def _bias_compensation(original, pruned, plan, batches, adapter_o, adapter_p, so
 
         return hook
 
-    keys = [adapter_o.reconstruction_targets(idx) for idx in range(adapter_o.num_layers)]
+    # the targets the pruned layer still has (a block removed whole has none)
+    keys = [adapter_p.reconstruction_targets(idx) for idx in range(adapter_o.num_layers)]
     handles = [
         adapter_o.layer_modules(idx)[key].register_forward_pre_hook(record((idx, key)))
         for idx in range(adapter_o.num_layers)
@@ -389,7 +392,8 @@ def _least_squares(
     for idx in progress:
         layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
         mods_o = adapter_o.layer_modules(idx)
-        keys = [key for key, _ in adapter_o.reconstruction_targets(idx)]
+        # the pruned layer's targets: a block removed whole (block pruning) has nothing left to refit
+        keys = [key for key, _ in adapter_p.reconstruction_targets(idx)]
         if cache is None:
             next_o, outputs = _unpruned_layer_pass(
                 adapter_o.layer(idx), {k: mods_o[k] for k in keys}, inputs_o, hidden

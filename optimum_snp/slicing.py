@@ -20,6 +20,12 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     source_dims = adapter.layer_dims()
     plan.validate(adapter.hidden_size, source_dims)
     plan = plan.normalized()
+    removed = plan.removed_blocks(source_dims)
+    if removed and not adapter.supports_block_removal:
+        raise ValueError(
+            f"The plan removes whole blocks ({removed[:3]}{'...' if len(removed) > 3 else ''}: layer, block), which "
+            f"{type(model).__name__}'s pruned family cannot express; keep at least one head and one MLP unit per layer."
+        )
 
     # parameter name -> [(axis, kept indices)]
     keep: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
@@ -35,12 +41,15 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     state = {}
     for name, tensor in model.state_dict().items():
         for axis, indices in keep.get(name, ()):
-            tensor = tensor.index_select(axis, torch.as_tensor(indices, device=tensor.device))
+            tensor = tensor.index_select(axis, torch.as_tensor(indices, dtype=torch.long, device=tensor.device))
         state[name] = tensor.detach().clone()
 
     config = adapter.pruned_config(len(plan.hidden), plan.layer_dims())
     with torch.device("meta"):
         pruned = adapter.snp_class()(config)
+    if removed:  # the removed blocks' tensors (all of them, norms included) have no place in the pruned model
+        kept = pruned.state_dict().keys()
+        state = {name: tensor for name, tensor in state.items() if name in kept}
     pruned.load_state_dict(state, strict=True, assign=True)
     source_buffers = dict(model.named_buffers())
     for name, buffer in list(pruned.named_buffers()):

@@ -27,8 +27,8 @@ def test_unsupported_architecture_lists_supported():
             "remove every one of the 8 query/key filters of head 0 of layer 1",
         ),
         (lambda p: p.layers[0].v.__setitem__(2, []), "remove every one of the 8 value filters of head 2 of layer 0"),
-        (lambda p: setattr(p.layers[2], "mlp", []), "remove every one of the 48 MLP units of layer 2"),
-        (lambda p: setattr(p.layers[0], "heads", []), "remove every one of the 4 heads of layer 0"),
+        # an empty 'mlp' list, or empty 'heads', 'qk' and 'v' lists, remove a whole block (tests/test_block_pruning.py)
+        (lambda p: setattr(p.layers[0], "heads", []), "keeps no head in layer 0 .* give empty 'qk' and 'v' lists"),
         (lambda p: setattr(p, "hidden", []), "remove every one of the 32 hidden channels"),
         (
             lambda p: p.layers[0].qk.__setitem__(1, [0]),
@@ -58,8 +58,11 @@ def test_ratio_that_removes_everything():
 def test_invalid_snp_config():
     with pytest.raises(ValueError, match="`v_head_dims` has 2 entries but the model has num_hidden_layers=3"):
         SNPViTConfig(**TINY, v_head_dims=[4, 4])
-    with pytest.raises(ValueError, match="`intermediate_sizes` must be >= 1 in every layer, got 0 in layer 1"):
-        SNPViTConfig(**TINY, intermediate_sizes=[4, 0, 4])
+    with pytest.raises(ValueError, match="`intermediate_sizes` must be >= 0 in every layer, got -1 in layer 1"):
+        SNPViTConfig(**TINY, intermediate_sizes=[4, -1, 4])
+    assert SNPViTConfig(**TINY, intermediate_sizes=[4, 0, 4]).intermediate_sizes[1] == 0  # MLP block removed
+    with pytest.raises(ValueError, match=r"Layer 1 has \(heads, qk_head_dim, v_head_dim\) = \(4, 0, 8\)"):
+        SNPViTConfig(**TINY, qk_head_dims=[8, 0, 8])
 
 
 def test_malformed_plan_dict():

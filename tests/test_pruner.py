@@ -117,10 +117,14 @@ def test_round_to_keeps_multiples_in_allocation_and_ratios(data, round_to):
         if config.has_target:
             assert 0.5 * 0.95 <= model_size_of(pruned).macs / original <= 0.5
     # round_to=1 keeps the unrounded dims
-    assert (
-        SNPPruner(model).prune(fast(qk_ratio=0.3), calibration_dataset=data, show_progress=False).config.qk_head_dims
-        == [11] * 3
-    )
+    exact = fast(qk_ratio=0.3, mlp_ratio=0.3, round_to=1)
+    exact = SNPPruner(model).prune(exact, calibration_dataset=data, show_progress=False).config
+    assert exact.qk_head_dims == [11] * 3 and exact.intermediate_sizes == [90] * 3
+    # the default (None): groups of 64+ units (the MLP: 128) to multiples of 8, smaller ones (16-dim heads) unrounded
+    auto = fast(qk_ratio=0.3, mlp_ratio=0.3)
+    assert auto.round_to is None
+    auto = SNPPruner(model).prune(auto, calibration_dataset=data, show_progress=False).config
+    assert auto.qk_head_dims == [11] * 3 and auto.intermediate_sizes == [88] * 3
 
 
 def test_absolute_target_macs(data):
@@ -199,7 +203,7 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
         (dict(target_macs_ratio=0.5, qk_ratio=0.3), "allocated automatically"),
         (dict(num_calibration_samples=0), "`num_calibration_samples` must be an int >= 1"),
-        (dict(round_to=0), "`round_to` must be an int >= 1"),
+        (dict(round_to=0), "`round_to` must be None \(automatic\) or an int >= 1"),
     ],
 )
 def test_invalid_config(kwargs, message):

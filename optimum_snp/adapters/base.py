@@ -38,6 +38,8 @@ class ArchitectureAdapter:
     snp_classes: dict[str, tuple[type, str]] = {}
     pipeline_tags: dict[str, str] = {}  # stock class name suffix -> Hub pipeline tag
     supports_hidden_pruning: bool = True
+    # whether the SNP family can drop a whole attention or MLP block of a layer (block pruning: its dims 0)
+    supports_block_removal: bool = False
     # reconstruction targets whose output is added, unchanged, to the layer's output (pre-norm residual blocks), so
     # the refit can correct the layer output instead of running the layer again
     residual_output_targets: tuple[str, ...] = ()
@@ -165,7 +167,7 @@ class ArchitectureAdapter:
                 out.append((f"{names[module]}.bias", 0))
             return out
 
-        groups = {"mlp": params("fc1", 0) + params("fc2", 1)}
+        groups = {"mlp": params("fc1", 0) + params("fc2", 1)} if "fc1" in mods else {}
         if "q_proj" in mods:  # layers without attention have only the MLP group
             groups = {
                 "qk": params("q_proj", 0) + params("k_proj", 0),

@@ -50,6 +50,7 @@ class ViTAdapter(ArchitectureAdapter):
     classifier_names = {"ViTForImageClassification": ("classifier",)}
     pipeline_tags = {"ForImageClassification": "image-classification", "WithTeacher": "image-classification"}
     residual_output_targets = ("fc2",)  # pre-norm: `hidden + fc2(...)` is the layer's output
+    supports_block_removal = True  # the SNP family drops a residual branch whose dims are 0
 
     # ---- modules ------------------------------------------------------------------------------------------
     @property
@@ -64,19 +65,22 @@ class ViTAdapter(ArchitectureAdapter):
         return self.base_model().layers
 
     def layer_modules(self, idx: int) -> dict[str, nn.Module]:
+        """The layer's modules; a pruned block's (SNP models with 0 heads or 0 MLP units) are absent."""
         layer = self.layer(idx)
         att, mlp = layer.attention, layer.mlp
-        return {
-            "layernorm_before": layer.layernorm_before,
-            "q_proj": att.q_proj,
-            "k_proj": att.k_proj,
-            "v_proj": att.v_proj,
-            "o_proj": att.o_proj,
-            "attention": att,
-            "layernorm_after": layer.layernorm_after,
-            "fc1": mlp.fc1,
-            "fc2": mlp.fc2,
-        }
+        modules = {}
+        if att is not None:
+            modules.update(
+                layernorm_before=layer.layernorm_before,
+                q_proj=att.q_proj,
+                k_proj=att.k_proj,
+                v_proj=att.v_proj,
+                o_proj=att.o_proj,
+                attention=att,
+            )
+        if mlp is not None:
+            modules.update(layernorm_after=layer.layernorm_after, fc1=mlp.fc1, fc2=mlp.fc2)
+        return modules
 
     def classifier_modules(self) -> list[nn.Linear]:
         return [getattr(self.model, name) for name in self.classifier_names.get(self.class_name, ())]
@@ -85,10 +89,12 @@ class ViTAdapter(ArchitectureAdapter):
         readers = []
         for idx in range(self.num_layers):
             mods = self.layer_modules(idx)
-            readers.append(
-                (mods["layernorm_before"], [mods["q_proj"], mods["k_proj"], mods["v_proj"]], f"layer {idx}")
-            )
-            readers.append((mods["layernorm_after"], [mods["fc1"]], f"layer {idx} MLP"))
+            if "q_proj" in mods:
+                readers.append(
+                    (mods["layernorm_before"], [mods["q_proj"], mods["k_proj"], mods["v_proj"]], f"layer {idx}")
+                )
+            if "fc1" in mods:
+                readers.append((mods["layernorm_after"], [mods["fc1"]], f"layer {idx} MLP"))
         final = self.classifier_modules()
         base = self.base_model()
         if getattr(base, "pooler", None) is not None:

@@ -43,13 +43,18 @@ def _fill_and_check_per_layer(config) -> None:
             raise ValueError(
                 f"`{name}` has {len(value)} entries but the model has num_hidden_layers={n}; give one value per layer."
             )
-        bad = [(i, v) for i, v in enumerate(value) if v < 1]
+        bad = [(i, v) for i, v in enumerate(value) if v < 0]
         if bad:
-            raise ValueError(
-                f"`{name}` must be >= 1 in every layer, got {bad[0][1]} in layer {bad[0][0]}: a layer needs at least "
-                "one head, one query/key and value dim per head and one MLP unit."
-            )
+            raise ValueError(f"`{name}` must be >= 0 in every layer, got {bad[0][1]} in layer {bad[0][0]}.")
         setattr(config, name, value)
+    # block pruning: 0 heads (with 0 query/key and value dims) = the layer's attention block removed, 0 MLP units =
+    # its MLP block removed; otherwise every attention dim is at least 1
+    for idx, dims in enumerate(zip(config.num_heads_per_layer, config.qk_head_dims, config.v_head_dims, strict=True)):
+        if 0 in dims and any(dims):
+            raise ValueError(
+                f"Layer {idx} has (heads, qk_head_dim, v_head_dim) = {dims}: either all three are 0 (its attention "
+                "block removed) or all are >= 1."
+            )
     if config.original_head_dim < 1:
         raise ValueError(f"`original_head_dim` must be >= 1, got {config.original_head_dim}.")
 
@@ -59,10 +64,11 @@ class SNPConfigMixin:
     """Per-layer dimensions shared by the SNP ViT and DeiT configs.
 
     Fields (all lists have one entry per layer; `None` means "unpruned", filled from the uniform fields):
-        num_heads_per_layer: number of attention heads of every layer.
+        num_heads_per_layer: number of attention heads of every layer (0: the layer's attention block is removed,
+            with its LayerNorm; its query/key and value dims are 0 too).
         qk_head_dims: query/key dim of every head of a layer (the same for all heads of a layer).
         v_head_dims: value dim of every head of a layer (may differ from `qk_head_dims`).
-        intermediate_sizes: MLP width of every layer.
+        intermediate_sizes: MLP width of every layer (0: the layer's MLP block is removed, with its LayerNorm).
         original_head_dim: head dim of the unpruned model; the attention logits keep the scale
             `original_head_dim ** -0.5` after query/key dims are pruned, so attention maps are preserved.
 

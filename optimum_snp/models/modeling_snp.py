@@ -28,6 +28,29 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_snp import SNPDeiTConfig, SNPViTConfig
 
 
+def _sdpa_pad(head_dim: int, v_head_dim: int, device_type: str) -> tuple[int, int]:
+    """Zero columns to append to the query/key and to the value head dims before SDPA on `device_type`, so that
+    PyTorch's fused kernels accept them (zero-padding is exact: zero query/key columns add nothing to the scores,
+    zero value columns give zero outputs, which are cut off after the attention).
+
+    - CPU: the fused (flash) kernel needs equal query/key and value head dims; otherwise SDPA takes a path 3-6x
+      slower (benchmarks/deit_latency.py). The narrower side is padded to the wider.
+    - CUDA (`aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`): flash attention needs q, k and v to have the
+      same head dim (<= 256; it pads a dim that is not a multiple of 8 itself, with a copy), memory-efficient
+      attention needs head dims that are multiples of 8 (fp16/bf16; 4 in fp32 on sm80+; q/k and v may differ),
+      cuDNN attention (first choice on sm90/sm100 with a recent cuDNN) multiples of 8 and, through its layout check,
+      equal ones. Both sides are padded to the larger dim rounded up to a multiple of 8, so every fused kernel applies.
+    - elsewhere: no padding.
+    """
+    if device_type == "cpu":
+        width = max(head_dim, v_head_dim)
+    elif device_type == "cuda":
+        width = -(-max(head_dim, v_head_dim) // 8) * 8
+    else:
+        return 0, 0
+    return width - head_dim, width - v_head_dim
+
+
 class SNPAttention(nn.Module):
     """Multi-head self-attention of layer `layer_idx`, with its own heads, query/key dim and value dim."""
 
@@ -62,16 +85,14 @@ class SNPAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        pad = self.head_dim - self.v_head_dim
-        if pad and self.config._attn_implementation == "sdpa" and hidden_states.device.type == "cpu":
-            # PyTorch's fused CPU SDPA kernel needs equal query/key and value head dims; otherwise SDPA takes a path
-            # 3-6x slower (benchmarks/deit_latency.py). Zero-padding the narrower side is exact: zero query/key
-            # columns add nothing to the scores, zero value columns give zero outputs, which are cut off below.
-            if pad > 0:
-                value_states = nn.functional.pad(value_states, (0, pad))
-            else:
-                query_states = nn.functional.pad(query_states, (0, -pad))
-                key_states = nn.functional.pad(key_states, (0, -pad))
+        if self.config._attn_implementation == "sdpa":
+            # head dims the fused SDPA kernels of the device accept (see `_sdpa_pad`); exact, cut off below
+            qk_pad, v_pad = _sdpa_pad(self.head_dim, self.v_head_dim, hidden_states.device.type)
+            if qk_pad:
+                query_states = nn.functional.pad(query_states, (0, qk_pad))
+                key_states = nn.functional.pad(key_states, (0, qk_pad))
+            if v_pad:
+                value_states = nn.functional.pad(value_states, (0, v_pad))
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -100,19 +121,26 @@ class SNPMLP(nn.Module):
 
 
 class SNPLayer(GradientCheckpointingLayer):
+    """A pre-norm block; a residual branch whose config dims are 0 (block pruning) is absent: the layer passes the
+    hidden states through it unchanged."""
+
     def __init__(self, config: SNPViTConfig, layer_idx: int):
         super().__init__()
-        self.attention = SNPAttention(config, layer_idx)
-        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SNPMLP(config, layer_idx)
+        has_attention = config.num_heads_per_layer[layer_idx] > 0
+        has_mlp = config.intermediate_sizes[layer_idx] > 0
+        self.attention = SNPAttention(config, layer_idx) if has_attention else None
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if has_attention else None
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if has_mlp else None
+        self.mlp = SNPMLP(config, layer_idx) if has_mlp else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        hidden_states = self.dropout(attn_output) + hidden_states
-        mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return self.dropout(mlp_output) + hidden_states
+        if self.attention is not None:
+            attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+            hidden_states = self.dropout(attn_output) + hidden_states
+        if self.mlp is not None:
+            hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
+        return hidden_states
 
 
 class SNPViTPreTrainedModel(PreTrainedModel):

@@ -26,6 +26,7 @@ def magnitude_scores(model: nn.Module) -> GroupScores:
         for name, members in adapter.layer_groups(idx).items():
             # weights only: a group's buffers (e.g. BatchNorm running statistics) are sliced, not scored
             group[name] = sum(_sq_norms(params[p], axis) for p, axis in members if p in params)
+        group.setdefault("mlp", torch.zeros(0))  # (an MLP block removed by block pruning)
         if not dims.has_attention:
             empty = torch.zeros(0, 0)
             layers.append(LayerScores(heads=torch.zeros(0), qk=empty, v=empty, mlp=group["mlp"].sqrt()))

@@ -95,7 +95,8 @@ class SNPStatistics:
         for idx in range(len(self.layers)):
             mods = self.adapter.layer_modules(idx)
             stats = self.layers[idx]
-            self._handles.append(mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)))
+            if "fc2" in mods:  # (an MLP block removed by block pruning has none)
+                self._handles.append(mods["fc2"].register_forward_pre_hook(self._mlp_hook(idx, stats, mods)))
             if stats.dims.has_attention:
                 self._handles += [
                     mods["q_proj"].register_forward_hook(self._keep("q", stats)),
@@ -123,8 +124,9 @@ class SNPStatistics:
 
     @staticmethod
     def _check_finite(tensor: torch.Tensor, where: str):
-        # one reduction instead of an elementwise test: any NaN/inf makes the sum non-finite
-        if not torch.isfinite(tensor.sum()):
+        # one reduction instead of an elementwise test: any NaN/inf makes the sum non-finite. Summed in float32 at
+        # least: a float16 sum of finite activations overflows to inf past 65504
+        if not torch.isfinite(tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32))):
             raise ValueError(
                 f"Non-finite activations (NaN/inf) at {where} during calibration. Check the model weights and the "
                 "calibration images (e.g. a wrong dtype or an unnormalized image processor)."
@@ -154,8 +156,6 @@ class SNPStatistics:
             act = self._masked(inputs[0].detach())
             self._check_finite(act, f"layer {idx} MLP")
             stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
-            if idx == len(self.layers) - 1:
-                self.num_images += act.shape[0]
 
         return hook
 
@@ -254,7 +254,10 @@ class SNPStatistics:
                     desc = "SNP calibration" + (f" (pass {round_idx + 1}/{rounds})" if rounds > 1 else "")
                     for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
                         self._mask = self.adapter.token_mask(batch)
-                        self.model(**self.adapter.model_inputs(batch))
+                        inputs = self.adapter.model_inputs(batch)
+                        self.model(**inputs)
+                        if round_idx == 0:
+                            self.num_images += len(inputs[self.adapter.main_input_name])
                     self._mask = None
                     if rounds > 1:
                         self._remove_weakest_pairs(round_idx, last=round_idx == rounds - 1)
@@ -270,7 +273,7 @@ class SNPStatistics:
         """attention_iterative: after a pass, keep the strongest 1/2^(round+1) pairs of every head (all removed in
         the last pass) and turn the pass's scores into the final ones (see `_iterative_scores`)."""
         for stats in self.layers:
-            score = stats.sums.pop("qk").double().view(stats.dims.num_heads, -1)
+            score = stats.sums.pop("qk").double().cpu().view(stats.dims.num_heads, -1)
             dim = score.shape[1]
             keep = 0 if last else max(1, dim >> (round_idx + 1))
             for h in range(score.shape[0]):
@@ -302,21 +305,30 @@ class SNPStatistics:
         used = set(self.criteria.values())
         fallback = {}
         if "magnitude" in used:
-            fallback["magnitude"] = magnitude_scores(self.model)
+            fallback["magnitude"] = scores_to_cpu(magnitude_scores(self.model))
         if "random" in used:
             fallback["random"] = random_scores(self.model, seed)
         n = float(self.num_images)
+        # the sums were accumulated on the model's device (float64); scores live on the CPU, whatever that device
+        for stats in self.layers:
+            stats.sums = {name: value.cpu() for name, value in stats.sums.items()}
+        if self.hidden_sum is not None:
+            self.hidden_sum = self.hidden_sum.cpu()
         layers = []
         for idx, stats in enumerate(self.layers):
             d = stats.dims
             mods = self.adapter.layer_modules(idx)
-            mlp_out = _col_sq_norms(mods["fc2"].weight, self.adapter.output_scale(idx, "fc2")).sqrt()
+            mlp_out = (
+                _col_sq_norms(mods["fc2"].weight, self.adapter.output_scale(idx, "fc2")).sqrt().cpu()
+                if "fc2" in mods
+                else torch.zeros(0)
+            )
             if not d.has_attention:  # only the MLP group
                 mlp_crit = self.criteria["mlp"]
                 if mlp_crit in fallback:
                     mlp = fallback[mlp_crit].layers[idx].mlp
                 else:
-                    mlp = (stats.sums["mlp"] / n).float() * mlp_out
+                    mlp = (stats.sums["mlp"] / n).float() * mlp_out if "mlp" in stats.sums else torch.zeros(0)
                 layers.append(LayerScores(heads=torch.zeros(0), qk=torch.zeros(0, 0), v=torch.zeros(0, 0), mlp=mlp))
                 continue
             entry = {}
@@ -334,7 +346,7 @@ class SNPStatistics:
             v_crit = self.criteria["v"]
             similarity = None
             if "v" not in entry:
-                out_norm = _col_sq_norms(mods["o_proj"].weight, self.adapter.output_scale(idx, "o_proj")).sqrt()
+                out_norm = _col_sq_norms(mods["o_proj"].weight, self.adapter.output_scale(idx, "o_proj")).sqrt().cpu()
                 out_norm = out_norm.view(d.num_heads, d.v_head_dim)
                 contribution = (stats.sums["v_norm"] / n).float() * out_norm
                 if v_crit == "contribution":
@@ -345,7 +357,7 @@ class SNPStatistics:
                     entry["v"] = (1 - rho) * (contribution if v_crit == "redundancy" else 1.0)
                     entry["v_contribution"] = contribution if v_crit == "redundancy" else torch.ones_like(contribution)
             if "mlp" not in entry:
-                entry["mlp"] = (stats.sums["mlp"] / n).float() * mlp_out
+                entry["mlp"] = (stats.sums["mlp"] / n).float() * mlp_out if "mlp" in stats.sums else torch.zeros(0)
             if "heads" not in entry:
                 entry["heads"] = (stats.sums["heads"] / n).float()
             layers.append(
@@ -456,13 +468,34 @@ def svd_share_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, rank: int
 
 def other_head_cos(abs_cos: torch.Tensor, dim: int) -> torch.Tensor:
     """|cos| between filters of different heads (same-head pairs set to 0). abs_cos: (H*d, H*d)."""
-    head_of = torch.arange(abs_cos.shape[0]) // dim
+    head_of = torch.arange(abs_cos.shape[0], device=abs_cos.device) // dim
     return abs_cos.masked_fill(head_of[:, None] == head_of[None, :], 0.0)
 
 
 def _max_other_head_cos(abs_cos: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     """rho of every filter: max |cos| with a filter of another head. Returns (H, d)."""
     return other_head_cos(abs_cos, dim).max(1).values.view(heads, dim)
+
+
+def scores_to_cpu(scores: GroupScores) -> GroupScores:
+    """`scores` with every tensor on the CPU, as float32 (scores of a model on a GPU are computed there; allocation
+    and planning mix them with CPU tensors)."""
+
+    def cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return tensor.detach().float().cpu() if tensor is not None else None
+
+    layers = [
+        LayerScores(
+            heads=cpu(ls.heads),
+            qk=cpu(ls.qk),
+            v=cpu(ls.v),
+            mlp=cpu(ls.mlp),
+            v_similarity=cpu(ls.v_similarity),
+            v_contribution=cpu(ls.v_contribution),
+        )
+        for ls in scores.layers
+    ]
+    return GroupScores(hidden=cpu(scores.hidden), layers=layers)
 
 
 def snp_scores(

@@ -72,8 +72,9 @@ def add_prune_arguments(parser) -> None:
     parser.add_argument(
         "--round-to",
         type=int,
-        default=1,
-        help="Keep q/k and v dims per head, MLP units and hidden channels at multiples of this (e.g. 8). Default: 1.",
+        default=None,
+        help="Keep q/k and v dims per head, MLP units and hidden channels at multiples of this (1: exactly as the "
+        "ratios say). Default: multiples of 8 for groups of at least 64 units (what this CPU runs fastest).",
     )
     parser.add_argument(
         "--reconstruct",
