@@ -1,0 +1,241 @@
+"""Half-precision models (bf16, fp16) through the whole pipeline on the CPU, statistics kept in float32/float64, the
+SDPA padding rule of every device (the CUDA one exercised on the CPU), and clear errors for models that are not on
+one real device.
+
+The GPU itself is not needed: CUDA differs from the CPU only in where the tensors live, which these tests cannot
+move; `benchmarks/gpu_latency.py` is the check to run on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from optimum_snp import SNPConfig, SNPPruner, apply_plan, get_adapter
+from optimum_snp.models import modeling_snp
+from optimum_snp.models.modeling_snp import _sdpa_pad
+from optimum_snp.reconstruction import ProjectionStats
+from optimum_snp.scoring.snp import SNPStatistics
+
+from .conftest import logits_of, pixel_values, random_plan, tiny_model
+
+
+HALF = [torch.bfloat16, torch.float16]
+
+# max |logit difference| / max |logit| between the half pipeline's pruned model and the float32 pipeline's (same
+# weights cast to float32, same config), on 64 held-out digits. Measured on seeds 7 and 8, eager and SDPA, default
+# config and allocation='scores': at most 0.035 (bf16) and 0.0035 (fp16), about what the UNPRUNED half model already
+# differs by (0.021-0.027 and 0.003); the bounds below leave a factor of about 2.5.
+LOGIT_TOLERANCE = {torch.bfloat16: 0.08, torch.float16: 0.01}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from optimum_snp.embedded import digits_dataset
+
+    return digits_dataset()["train"]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from optimum_snp.embedded import digits_image_processor
+
+    return digits_image_processor()
+
+
+@pytest.fixture(scope="module")
+def test_images(digits, processor):
+    from optimum_snp.calibration import calibration_batches
+
+    batches = calibration_batches(
+        digits.select(range(200, 264)), processor, num_samples=64, batch_size=64, show_progress=False
+    )
+    return torch.cat(batches)
+
+
+def _prune(model, digits, processor):
+    pruner = SNPPruner(model, image_processor=processor)
+    # the default pipeline: default criteria (validated query/key criterion), least-squares refit, validated
+    # allocation on 16 held-out images
+    config = SNPConfig(target_macs_ratio=0.5, num_calibration_samples=32, num_validation_samples=16)
+    pruned = pruner.prune(config, calibration_dataset=digits.select(range(48)), show_progress=False)
+    return pruner, pruned
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_half_model_prunes_like_float32(dtype, attn, digits, processor, test_images):
+    model = tiny_model("vit", attn=attn, seed=7, num_labels=10).to(dtype)
+    reference_model = copy.deepcopy(model).float()
+
+    pruner, pruned = _prune(model, digits, processor)
+    assert {p.dtype for p in pruned.parameters()} == {dtype}
+    assert {p.device.type for p in pruned.parameters()} == {"cpu"}
+    assert next(model.parameters()).dtype == dtype  # the input model is left as it was
+    for layer in pruner.report["reconstruction"]["layers"]:
+        for key in ("o_proj", "fc2"):
+            entry = layer[key]
+            assert torch.isfinite(torch.tensor([entry["mse_before"], entry["mse_after"]])).all()
+            assert entry["mse_after"] <= entry["mse_before"]
+    assert all(c["divergence"] is not None and c["divergence"] >= 0 for c in pruner.report["allocation"]["candidates"])
+
+    _, reference = _prune(reference_model, digits, processor)
+    got = logits_of(pruned, test_images.to(dtype)).float()
+    want = logits_of(reference, test_images)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    relative = float((got - want).abs().max() / want.abs().max())
+    assert relative <= LOGIT_TOLERANCE[dtype], relative
+    assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.95
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_statistics_are_float64_for_half_activations(dtype):
+    model = tiny_model("vit", seed=2).to(dtype)
+    adapter = get_adapter(model)
+    with torch.no_grad():  # large MLP activations: their float16 sum over a batch (> 65504) would be inf
+        for idx in range(adapter.num_layers):
+            adapter.layer_modules(idx)["fc1"].bias.fill_(10.0)
+    seen = []
+    handle = adapter.layer_modules(0)["fc2"].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].dtype))
+    criteria = {"qk": "attention_kl", "v": "redundancy", "mlp": "contribution", "hidden": "contribution"}
+    criteria["heads"] = "contribution"
+    try:
+        stats = SNPStatistics(model, criteria).run([pixel_values(32, seed=s) for s in range(2)], show_progress=False)
+    finally:
+        handle.remove()
+    assert seen == [dtype, dtype]  # the hooks saw half activations
+    for layer in stats.layers:
+        assert set(layer.sums) == {"qk_gram", "v_norm", "v_cos", "mlp", "heads"}
+        assert {v.dtype for v in layer.sums.values()} == {torch.float64}
+    assert stats.hidden_sum.dtype == torch.float64
+    scores = stats.scores()
+    tensors = [scores.hidden] + [t for ls in scores.layers for t in (ls.heads, ls.qk, ls.v, ls.mlp, ls.v_similarity)]
+    assert {t.dtype for t in tensors} == {torch.float32} and {t.device.type for t in tensors} == {"cpu"}
+    assert all(torch.isfinite(t).all() for t in tensors)
+
+
+def test_finiteness_check_sums_half_in_float32():
+    big = torch.full((32, 17, 48), 10.0, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())  # what the check must not do
+    SNPStatistics._check_finite(big, "test")  # no error
+    big[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="Non-finite"):
+        SNPStatistics._check_finite(big, "test")
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_projection_stats_of_half_inputs(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 40, 12, generator=gen), torch.randn(3, 40, 5, generator=gen)
+    weight, bias = torch.randn(5, 12, generator=gen), torch.randn(5, generator=gen)
+    half, full = ProjectionStats.empty(12, 5), ProjectionStats.empty(12, 5)
+    half.add(x.to(dtype), y.to(dtype))
+    full.add(x.to(dtype).float(), y.to(dtype).float())  # the same rounded values, in float32
+    assert half.xtx.dtype == half.xty.dtype == torch.float64
+    torch.testing.assert_close(half.xtx, full.xtx, rtol=0, atol=0)
+    new_weight, new_bias = half.solve(weight.to(dtype), bias.to(dtype), ridge=1e-3)
+    assert new_weight.dtype == new_bias.dtype == torch.float64
+    assert half.error(new_weight.to(dtype), new_bias.to(dtype)) < half.error(weight.to(dtype), bias.to(dtype))
+
+
+def test_sdpa_pad_rule():
+    # CPU (unchanged): the narrower side padded to the wider, no rounding
+    assert _sdpa_pad(8, 6, "cpu") == (0, 2)
+    assert _sdpa_pad(5, 8, "cpu") == (3, 0)
+    assert _sdpa_pad(7, 7, "cpu") == (0, 0)
+    # CUDA: both padded to the larger dim rounded up to a multiple of 8 (flash: equal dims; mem-efficient and cuDNN:
+    # multiples of 8)
+    assert _sdpa_pad(64, 64, "cuda") == (0, 0)
+    assert _sdpa_pad(64, 48, "cuda") == (0, 16)
+    assert _sdpa_pad(40, 64, "cuda") == (24, 0)
+    assert _sdpa_pad(12, 12, "cuda") == (4, 4)
+    assert _sdpa_pad(13, 7, "cuda") == (3, 9)
+    for qk in range(1, 70):
+        for v in range(1, 70):
+            qk_pad, v_pad = _sdpa_pad(qk, v, "cuda")
+            width = qk + qk_pad
+            assert width == v + v_pad and width % 8 == 0 and max(qk, v) <= width < max(qk, v) + 8
+    # other devices: untouched
+    assert _sdpa_pad(8, 6, "mps") == (0, 0)
+    assert _sdpa_pad(8, 6, "meta") == (0, 0)
+
+
+@pytest.mark.parametrize("rule", ["cpu", "cuda"])
+def test_sdpa_padding_is_exact(rule, monkeypatch):
+    model = tiny_model("vit", seed=4)
+    pruned = apply_plan(model, random_plan(model, seed=4, heads=False))
+    dims = get_adapter(pruned).layer_dims()
+    assert any(_sdpa_pad(d.qk_head_dim, d.v_head_dim, rule) != (0, 0) for d in dims)
+    x = pixel_values(4)
+    pruned.set_attn_implementation("eager")
+    eager = logits_of(pruned, x)
+    # the rule of `rule` applied on the CPU, so that the padded path runs here
+    monkeypatch.setattr(modeling_snp, "_sdpa_pad", lambda qk, v, device_type: _sdpa_pad(qk, v, rule))
+    pruned.set_attn_implementation("sdpa")
+    torch.testing.assert_close(logits_of(pruned, x), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_meta_model_is_refused(processor):
+    model = tiny_model("vit").to("meta")
+    pruner = SNPPruner(model, image_processor=processor)
+    with pytest.raises(ValueError, match="meta device"):
+        pruner.prune(SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), show_progress=False)
+
+
+# ---- on a GPU (skipped without CUDA) ----------------------------------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_cuda_half_pipeline(dtype, digits, processor, test_images):
+    model = tiny_model("vit", attn="sdpa", seed=7, num_labels=10).to(dtype)
+    reference_model = copy.deepcopy(model).float()  # the same (rounded) weights, float32 on the CPU
+    pruner, pruned = _prune(model.to("cuda"), digits, processor)
+    assert {(p.device.type, p.dtype) for p in pruned.parameters()} == {("cuda", dtype)}
+    _, reference = _prune(reference_model, digits, processor)
+    got = logits_of(pruned, test_images.to("cuda", dtype)).float().cpu()
+    want = logits_of(reference, test_images)
+    relative = float((got - want).abs().max() / want.abs().max())
+    assert relative <= LOGIT_TOLERANCE[dtype], relative
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"])
+def test_cuda_fused_sdpa_takes_the_padded_dims(backend, monkeypatch):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend)
+    probe = torch.randn(2, 4, 17, 8, device="cuda", dtype=torch.float16)
+    try:
+        with sdpa_kernel([backend]):
+            torch.nn.functional.scaled_dot_product_attention(probe, probe, probe)
+    except RuntimeError:
+        pytest.skip(f"{backend.name} is not available on this GPU / build")
+    model = tiny_model("vit", seed=4)
+    pruned = apply_plan(model, random_plan(model, seed=4, heads=False)).to("cuda", torch.float16)
+    dims = get_adapter(pruned).layer_dims()
+    assert any(d.qk_head_dim != d.v_head_dim for d in dims) and all(d.qk_head_dim % 8 for d in dims)
+    x = pixel_values(4).to("cuda", torch.float16)
+    pruned.set_attn_implementation("eager")
+    eager = logits_of(pruned, x).float()
+    pruned.set_attn_implementation("sdpa")
+    with sdpa_kernel([backend]):
+        fused = logits_of(pruned, x).float()
+    torch.testing.assert_close(fused, eager, rtol=2e-2, atol=2e-2)
+    # without the padding, the kernel refuses these dims
+    monkeypatch.setattr(modeling_snp, "_sdpa_pad", lambda qk, v, device_type: (0, 0))
+    with pytest.raises(RuntimeError), sdpa_kernel([backend]):
+        logits_of(pruned, x)
+
+
+@cuda
+def test_model_on_several_devices_is_refused(processor):
+    model = tiny_model("vit").to("cuda")
+    model.classifier.to("cpu")
+    with pytest.raises(ValueError, match="several devices"):
+        SNPPruner(model, image_processor=processor).prune(
+            SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), show_progress=False
+        )
