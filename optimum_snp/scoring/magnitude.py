@@ -36,7 +36,7 @@ def magnitude_scores(model: nn.Module) -> GroupScores:
         heads = qk.sum(1) + v.sum(1)
         layers.append(LayerScores(heads=heads.sqrt(), qk=qk.sqrt(), v=v.sqrt(), mlp=group["mlp"].sqrt()))
     hidden = sum(
-        (_sq_norms(params[p], axis) for p, axis in adapter.hidden_group()), torch.zeros(adapter.hidden_size)
+        (_sq_norms(params[p], axis).cpu() for p, axis in adapter.hidden_group()), torch.zeros(adapter.hidden_size)
     )  # architectures that keep their hidden channels have no hidden group: all zero, never cut
     return GroupScores(hidden=hidden.sqrt(), layers=layers)
 
