@@ -207,9 +207,12 @@ def allocate_dims(
         return (levels[key][k] - levels[key][k + 1]) * unit_macs(*key)
 
     def cost(key, k: int) -> float:
+        # per elementary step (one unit, or one dim in every kept head): with round_to > 1 a step removes n of them
+        # at once, and comparing sums would make coarse steps look n times dearer than fine ones
         full = levels[key][0]
+        n = levels[key][k] - levels[key][k + 1]
         removed_units = steps[key][full - levels[key][k] : full - levels[key][k + 1]]
-        return float(removed_units.sum()) / step_macs(key, k) ** macs_exponent
+        return float(removed_units.sum()) / n / (step_macs(key, k) / n) ** macs_exponent
 
     taken = dict.fromkeys(levels, 0)  # steps taken per key
     heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]
@@ -229,7 +232,8 @@ def allocate_dims(
         remaining = sum(
             float(steps[idx, g][levels[idx, g][0] - levels[idx, g][taken[idx, g]] :].sum()) for g in ("qk", "v")
         )
-        return saved, remaining / max(saved, 1) ** macs_exponent
+        n = max(dims.qk_head_dim + dims.v_head_dim, 1)  # elementary steps it replaces (as `cost`)
+        return saved, remaining / n / (max(saved, 1) / n) ** macs_exponent
 
     if allow_block_removal:
         heap += [(attention_step(idx)[1], (idx, "attention")) for idx, b in enumerate(base_dims) if b.has_attention]
