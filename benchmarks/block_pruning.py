@@ -2,7 +2,8 @@
 
 For each model, the default SNPConfig at a MACs target, with and without `block_pruning=True` (with it, the validated
 allocation also tries the score greedy that may drop whole blocks, and keeps whichever candidate has the lowest
-divergence on the held-out calibration images). Top-1 zero-shot and after the standard short fine-tune
+divergence on the held-out calibration images), and 'forced': only the greedy that may drop blocks
+(`allocation='scores'`), to show what removing blocks gives. Top-1 zero-shot and after the standard short fine-tune
 (`optimum_snp.finetune`: 5 epochs of soft distillation from the unpruned model).
 
 Models: the embedded digits ViT (the issue's check; its test split) and the tune models of `bench_models.py` on their
@@ -55,13 +56,16 @@ def main(argv=None) -> int:
 
         base = top1(model)
         for keep in args.keep:
-            for blocks in (False, True):
+            modes = {
+                "off (default)": SNPConfig(target_macs_ratio=keep),
+                "allowed": SNPConfig(target_macs_ratio=keep, block_pruning=True),
+                "forced (scores+blocks only)": SNPConfig(
+                    target_macs_ratio=keep, block_pruning=True, allocation="scores"
+                ),
+            }
+            for mode, config in modes.items():
                 pruner = SNPPruner(model, image_processor=processor)
-                pruned = pruner.prune(
-                    SNPConfig(target_macs_ratio=keep, block_pruning=blocks),
-                    calibration_dataset=data["train"],
-                    show_progress=False,
-                )
+                pruned = pruner.prune(config, calibration_dataset=data["train"], show_progress=False)
                 dims = get_adapter(pruned).layer_dims()
                 removed = [f"{i}.attn" for i, d in enumerate(dims) if not d.has_attention]
                 removed += [f"{i}.mlp" for i, d in enumerate(dims) if not d.has_mlp]
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
                 zero_shot = top1(pruned)
                 finetune(pruned, model, data, processor, epochs=args.epochs, show_progress=False)
                 print(
-                    f"| {name} ({split}, unpruned {base:.1%}) | {kept:.1%} | {'allowed' if blocks else 'off'} | "
+                    f"| {name} ({split}, unpruned {base:.1%}) | {kept:.1%} | {mode} | "
                     f"{pruner.report['allocation']['chosen']} | {', '.join(removed) or '-'} | {zero_shot:.1%} | "
                     f"{top1(pruned):.1%} |"
                 )
