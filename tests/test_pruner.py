@@ -88,7 +88,9 @@ def test_save_dir_contents_and_reload(data, tmp_path):
 def test_target_macs_ratio_within_two_percent(data, keep):
     model = tiny_model("deit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
     pruner = SNPPruner.from_pretrained(model)
-    config = fast(target_macs_ratio=keep, head_ratio=0.25, allocation="scores")
+    # round_to=1: unit steps (the default rounds this model's 128-unit MLPs in steps of 8, 6% of a layer's MLP, which
+    # can leave the total up to a few percent under the target on a model this small; tested below)
+    config = fast(target_macs_ratio=keep, head_ratio=0.25, allocation="scores", round_to=1)
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     ratio = model_size_of(pruned).macs / model_size_of(model).macs
     assert keep * 0.98 <= ratio <= keep * 1.02
