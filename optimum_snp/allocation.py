@@ -5,11 +5,17 @@ a layer, one value dim from every kept head, or one MLP unit -- gets a cost: the
 normalized by the mean score of that group over all layers (so layers are compared on one scale, and groups with
 different units are comparable), divided by (MACs it saves) ** MACS_EXPONENT. Steps are taken cheapest first
 until the model fits the target. The equal-count-per-head rule holds by construction.
+
+Latency targets: with `layer_cost(idx, dims)` (e.g. `LatencyModel.layer_cost`, ms) and `fixed_cost`, a model's size
+is `fixed_cost + sum of layer_cost` instead of its MACs, a step's saving is the cost it removes (measured with the
+layer's other groups as they are when the step is taken) and the target is in the same unit. Without them the MACs
+path is unchanged.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -84,8 +90,26 @@ def _floor_dims(base_dims: list[LayerDims], max_ratio: float, round_to: int | No
     ]
 
 
-def _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to) -> None:
+LayerCost = Callable[[int, LayerDims], float]
+
+
+def _total_cost(layer_cost: LayerCost, fixed_cost: float, dims: list[LayerDims]) -> float:
+    return fixed_cost + sum(layer_cost(idx, d) for idx, d in enumerate(dims))
+
+
+def _check_reachable(
+    config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost=None, fixed_cost=0.0
+) -> None:
     floor_dims = _floor_dims(base_dims, max_ratio, round_to)
+    if layer_cost is not None:
+        floor = _total_cost(layer_cost, fixed_cost, floor_dims)
+        if target_macs < floor:
+            raise ValueError(
+                f"Latency target of {target_macs:.4g} ms is below {floor:.4g} ms, the least this model reaches (as "
+                f"estimated) removing at most {max_ratio:.0%} of every group; raise `target_latency`, increase "
+                "`head_ratio`/`hidden_ratio`, or raise `max_allocated_ratio`."
+            )
+        return
     floor = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=floor_dims).macs
     if target_macs < floor:
         raise ValueError(
@@ -104,11 +128,16 @@ def uniform_dims(
     target_macs: float,
     max_ratio: float = 0.9,
     round_to: int | None = 1,
+    layer_cost: LayerCost | None = None,
+    fixed_cost: float = 0.0,
 ) -> list[LayerDims]:
     """The same fraction of query/key dims, value dims and MLP units removed in every layer: the smallest fraction
     (to 1e-4, by bisection) whose model needs at most `target_macs` per image; then the MLP fraction (still the same
-    in every layer) lowered as far as the target allows, since per-head dims move in coarse steps."""
-    _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
+    in every layer) lowered as far as the target allows, since per-head dims move in coarse steps. With
+    `layer_cost`, sizes and the target are in its unit (see the module docstring)."""
+    _check_reachable(
+        config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost, fixed_cost
+    )
 
     def keep(dim: int, ratio: float) -> int:
         if dim == 0:  # a group the layer does not have (no attention)
@@ -128,7 +157,9 @@ def uniform_dims(
             for b in base_dims
         ]
 
-    def macs(dims: list[LayerDims]) -> int:
+    def macs(dims: list[LayerDims]) -> float:
+        if layer_cost is not None:
+            return _total_cost(layer_cost, fixed_cost, dims)
         return model_size(config, architecture, hidden_size=kept_hidden, layer_dims=dims).macs
 
     def smallest(fits, high: float) -> float:  # the smallest ratio in [0, high] for which fits(ratio), by bisection
@@ -159,6 +190,8 @@ def allocate_dims(
     round_to: int | None = 1,
     macs_exponent: float = MACS_EXPONENT,
     allow_block_removal: bool = False,
+    layer_cost: LayerCost | None = None,
+    fixed_cost: float = 0.0,
 ) -> list[LayerDims]:
     """Per-layer dims whose model needs at most `target_macs` per image.
 
@@ -168,11 +201,19 @@ def allocate_dims(
     With `allow_block_removal`, two more kinds of step (block pruning, beyond `max_ratio`): an MLP may lose its
     last units (the block disappears), and a layer may lose its whole attention block, at the cost of the summed
     scores of the query/key and value units it still has over the MACs they take.
+    With `layer_cost(idx, dims)` and `fixed_cost` (e.g. a latency model's, in ms), sizes, savings and `target_macs`
+    are in that unit; a step's saving is then taken with the layer's other groups as they are (re-checked when the
+    step is popped).
     Raises ValueError when the target cannot be reached.
     """
     d = kept_hidden
-    _check_reachable(config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to)
-    start = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=base_dims).macs
+    _check_reachable(
+        config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost, fixed_cost
+    )
+    if layer_cost is not None:
+        start = _total_cost(layer_cost, fixed_cost, base_dims)
+    else:
+        start = model_size(config, architecture, hidden_size=kept_hidden, layer_dims=base_dims).macs
     levels = {
         (idx, g): kept_levels(getattr(b, f), getattr(b, f) - int(max_ratio * getattr(b, f)), round_to)
         for idx, b in enumerate(base_dims)
@@ -203,7 +244,14 @@ def allocate_dims(
         smaller = replace(base, **{dict(FIELDS)[group]: getattr(base, dict(FIELDS)[group]) - 1})
         return layer_size_in(config, idx, base, d).macs - layer_size_in(config, idx, smaller, d).macs
 
-    def step_macs(key, k: int) -> int:  # MACs saved by the k-th step of `key`
+    def step_macs(key, k: int) -> float:  # MACs (or layer_cost) saved by the k-th step of `key`
+        if layer_cost is not None:  # with the layer's other groups as they are now
+            idx, group = key
+            dims = current(idx)
+            field = dict(FIELDS)[group]
+            before = replace(dims, **{field: levels[key][k]})
+            after = replace(dims, **{field: levels[key][k + 1]})
+            return max(layer_cost(idx, before) - layer_cost(idx, after), 1e-12)
         return (levels[key][k] - levels[key][k + 1]) * unit_macs(*key)
 
     def cost(key, k: int) -> float:
@@ -215,7 +263,6 @@ def allocate_dims(
         return float(removed_units.sum()) / n / (step_macs(key, k) / n) ** macs_exponent
 
     taken = dict.fromkeys(levels, 0)  # steps taken per key
-    heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]
     removed_attention: set[int] = set()
 
     def current(idx: int) -> LayerDims:
@@ -227,14 +274,18 @@ def allocate_dims(
     def attention_step(idx: int) -> tuple[int, float]:  # (MACs saved, cost) of removing layer idx's attention now
         dims = current(idx)
         without = replace(dims, num_heads=0, qk_head_dim=0, v_head_dim=0)
-        saved = layer_size_in(config, idx, dims, d).macs - layer_size_in(config, idx, without, d).macs
+        if layer_cost is not None:
+            saved = max(layer_cost(idx, dims) - layer_cost(idx, without), 1e-12)
+        else:
+            saved = layer_size_in(config, idx, dims, d).macs - layer_size_in(config, idx, without, d).macs
         # the units still there: the removed ones are the weakest (the first of the ascending per-unit costs)
         remaining = sum(
             float(steps[idx, g][levels[idx, g][0] - levels[idx, g][taken[idx, g]] :].sum()) for g in ("qk", "v")
         )
         n = max(dims.qk_head_dim + dims.v_head_dim, 1)  # elementary steps it replaces (as `cost`)
-        return saved, remaining / n / (max(saved, 1) / n) ** macs_exponent
+        return saved, remaining / n / (max(saved, 1 if layer_cost is None else 1e-12) / n) ** macs_exponent
 
+    heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]
     if allow_block_removal:
         heap += [(attention_step(idx)[1], (idx, "attention")) for idx, b in enumerate(base_dims) if b.has_attention]
     heapq.heapify(heap)
@@ -253,6 +304,11 @@ def allocate_dims(
             macs -= saved
             removed_attention.add(idx)
             continue
+        if layer_cost is not None:
+            now = cost(key, taken[key])
+            if now > entry_cost * (1 + 1e-9):  # stale (the layer's other groups changed since): re-queue
+                heapq.heappush(heap, (now, key))
+                continue
         macs -= step_macs(key, taken[key])
         taken[key] += 1
         history.append(key)

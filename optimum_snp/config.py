@@ -95,6 +95,17 @@ class SNPConfig:
     target_macs_ratio: float | None = field(
         default=None, metadata={"help": "Fraction of the original MACs to KEEP, in (0, 1]."}
     )
+    target_latency: float | None = field(
+        default=None,
+        metadata={
+            "help": "Latency target, measured on the device the model is on (ViT/DeiT): a value in (0, 1] is the "
+            "fraction of the unpruned model's measured latency to KEEP, a value > 1 is milliseconds per batch of "
+            "`latency_batch_size`. The dims are allocated with a measured latency model (latency_model.py) instead "
+            "of MACs, the pruned model is measured, and the allocation is redone (3 rounds at most) while it misses "
+            "the target by more than 5%. Exclusive with `target_macs`/`target_macs_ratio`."
+        },
+    )
+    latency_batch_size: int = field(default=1, metadata={"help": "Batch size `target_latency` is measured at."})
     criterion: str | dict = field(
         default="snp", metadata={"help": "'snp', 'magnitude', 'random', or a dict group -> criterion name."}
     )
@@ -188,9 +199,27 @@ class SNPConfig:
             raise ValueError(
                 f"`target_macs_ratio` is the fraction of MACs to KEEP, in (0, 1]; got {self.target_macs_ratio!r}."
             )
+        if self.target_latency is not None:
+            if self.target_macs is not None or self.target_macs_ratio is not None:
+                raise ValueError(
+                    "Set either a latency target (`target_latency`) or a MACs target (`target_macs`/"
+                    "`target_macs_ratio`), not both."
+                )
+            value = self.target_latency
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(
+                    "`target_latency` must be a number > 0: a fraction in (0, 1] of the unpruned model's measured "
+                    f"latency to keep, or a value > 1 in milliseconds; got {value!r}."
+                )
+        if (
+            isinstance(self.latency_batch_size, bool)
+            or not isinstance(self.latency_batch_size, int)
+            or self.latency_batch_size < 1
+        ):
+            raise ValueError(f"`latency_batch_size` must be an int >= 1, got {self.latency_batch_size!r}.")
         if self.has_target and any(self._nonzero(getattr(self, n)) for n in ("qk_ratio", "v_ratio", "mlp_ratio")):
             raise ValueError(
-                "With `target_macs`/`target_macs_ratio` the qk/v/mlp ratios are allocated automatically; leave "
+                "With `target_macs`/`target_macs_ratio`/`target_latency` the qk/v/mlp ratios are allocated automatically; leave "
                 "`qk_ratio`, `v_ratio` and `mlp_ratio` at 0 (head_ratio and hidden_ratio may be set)."
             )
         self.criterion_per_group()  # validates
@@ -233,7 +262,7 @@ class SNPConfig:
 
     @property
     def has_target(self) -> bool:
-        return self.target_macs is not None or self.target_macs_ratio is not None
+        return self.target_macs is not None or self.target_macs_ratio is not None or self.target_latency is not None
 
     @property
     def needs_calibration(self) -> bool:

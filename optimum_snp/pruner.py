@@ -29,6 +29,7 @@ from .allocation import allocate_dims, round_dims, round_kept, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
 from .config import ALLOCATION_EXPONENTS, SNPConfig
+from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
 from .reconstruction import TargetCache, reconstruct
@@ -68,6 +69,7 @@ class SNPPruner:
             self.preprocessor = image_processor_from_timm(self.preprocessor)
         self.plan: PruningPlan | None = None
         self.report: dict | None = None
+        self._latency: dict | None = None  # latency target state of the running prune() (target_latency)
 
     @property
     def image_processor(self):
@@ -126,6 +128,7 @@ class SNPPruner:
             )
         criteria = config.criterion_per_group()
         start = time.perf_counter()
+        self._latency = None
 
         batches, held_out = None, None
         num_samples = config.num_calibration_samples or adapter.default_calibration_samples
@@ -190,6 +193,8 @@ class SNPPruner:
                     layers=[replace(ls, qk=m.qk) for ls, m in zip(scores.layers, magnitude.layers, strict=True)],
                 ),
             }
+        if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
+            self._calibrate_latency(config, ratios, scores)
         candidates = self._candidate_dims(config, ratios, scores)
         if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], adapter.layer_dims(), strict=True)):
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
@@ -256,6 +261,8 @@ class SNPPruner:
         self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
         if reference is not None:
             self.report["allocation"]["num_validation_samples"] = sum(batch_length(b) for b in held_out)
+        if config.target_latency is not None:
+            self.report["latency"] = self._latency_report(config, plan, pruned)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
             pruned,
@@ -291,8 +298,13 @@ class SNPPruner:
         ).kept_dims(adapter.hidden_size, layer_dims)
         base_dims = _remove_blocks(base_dims, config, adapter)
         kept_hidden = round_kept(kept_hidden, adapter.hidden_size, config.round_to)
-        original = model_size_of(self.model).macs
-        target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
+        latency_cost = {}
+        if config.target_latency is not None:  # sizes in ms, from the measured latency model
+            latency_model, target = self._latency_target(config, kept_hidden, base_dims)
+            latency_cost = dict(layer_cost=latency_model.layer_cost, fixed_cost=latency_model.fixed_ms)
+        else:
+            original = model_size_of(self.model).macs
+            target = config.target_macs if config.target_macs is not None else config.target_macs_ratio * original
         common = dict(
             config=self.model.config,
             architecture=architecture_of(self.model),
@@ -301,6 +313,7 @@ class SNPPruner:
             target_macs=target,
             max_ratio=config.max_allocated_ratio,
             round_to=config.round_to,
+            **latency_cost,
         )
         if config.allocation == "uniform":
             return [("uniform", kept_hidden, uniform_dims(**common))]
@@ -331,6 +344,102 @@ class SNPPruner:
                 unique.setdefault(tuple(dims), (name, hidden, dims))
             candidates = list(unique.values())
         return candidates
+
+    # ---- latency targets (SNPConfig.target_latency) -------------------------------------------------------
+    def _latency_target(self, config: SNPConfig, kept_hidden: int, base_dims: list) -> tuple[LatencyModel, float]:
+        """(latency model, internal target in estimated ms). On the first call of a prune(): the latency model is
+        built (or loaded from its cache) and the unpruned model measured; the target is mapped into the estimate's
+        scale (a fraction of the unpruned model's estimate, or the ms target times estimate / measured)."""
+        state = self._latency
+        if state is None or state["kept_hidden"] != kept_hidden:
+            batch = config.latency_batch_size
+            model = LatencyModel.build(self.model, batch_size=batch, hidden_size=kept_hidden)
+            unpruned_ms = measure_latency({"original": self.model}, batch_size=batch)["original"]
+            adapter = get_adapter(self.model)
+            # with hidden pruning the grid is measured at the kept width: the unpruned model's own latency then
+            unpruned_estimate = (
+                model.estimate(adapter.layer_dims()) if kept_hidden == adapter.hidden_size else model.model_ms
+            )
+            fraction = config.target_latency <= 1
+            target_ms = config.target_latency * unpruned_ms if fraction else float(config.target_latency)
+            state = self._latency = dict(
+                kept_hidden=kept_hidden,
+                model=model,
+                unpruned_ms=unpruned_ms,
+                unpruned_estimate_ms=unpruned_estimate,
+                target_ms=target_ms,
+                internal_ms=target_ms * unpruned_estimate / unpruned_ms,
+                rounds=[],
+            )
+        return state["model"], state["internal_ms"]
+
+    def _calibrate_latency(self, config: SNPConfig, ratios: PruningRatios, scores, max_rounds: int = 3) -> None:
+        """Allocates with the latency model, builds the pruned model (sliced, no refit: latency depends on the dims
+        only), measures it interleaved with the unpruned one, and while it misses the target by more than 5% scales
+        the internal target by target / measured and allocates again (`max_rounds` rounds at most). The round that
+        came closest sets the internal target every candidate allocation then uses. The measured model is the first
+        candidate allocated from SNP's scores ('scores^e'), or the only one ('uniform')."""
+        batch = config.latency_batch_size
+        for round_idx in range(max_rounds):
+            try:
+                candidates = self._candidate_dims(config, ratios, scores)
+            except ValueError:
+                if round_idx == 0:
+                    raise
+                break  # the rescaled target fell below what the model reaches: keep the rounds so far
+            state = self._latency
+            name, kept_hidden, dims = next((c for c in candidates if c[0].startswith("scores")), candidates[0])
+            pruned = apply_plan(self.model, plan_from_kept_dims(scores, kept_hidden, dims))
+            measured = measure_latency({"original": self.model, "pruned": pruned}, batch_size=batch)
+            if config.target_latency <= 1:  # a fraction: of the unpruned model measured alongside
+                state["target_ms"] = config.target_latency * measured["original"]
+            error = measured["pruned"] / state["target_ms"] - 1
+            state["rounds"].append(
+                dict(
+                    allocation=name,
+                    internal_target_ms=state["internal_ms"],
+                    estimate_ms=round(state["model"].estimate(dims), 4),
+                    measured_ms=round(measured["pruned"], 4),
+                    unpruned_measured_ms=round(measured["original"], 4),
+                    target_ms=round(state["target_ms"], 4),
+                    error=round(error, 4),
+                )
+            )
+            if abs(error) <= 0.05:
+                break
+            state["internal_ms"] *= state["target_ms"] / measured["pruned"]
+        state = self._latency
+        best = min(state["rounds"], key=lambda r: abs(r["error"]))
+        state["internal_ms"] = best["internal_target_ms"]
+
+    def _latency_report(self, config: SNPConfig, plan: PruningPlan, pruned: nn.Module) -> dict:
+        """`report["latency"]`: the target, the estimate and the measured latency of the returned model."""
+        state = self._latency
+        batch = config.latency_batch_size
+        measured = measure_latency({"original": self.model, "pruned": pruned}, batch_size=batch)
+        target_ms = config.target_latency * measured["original"] if config.target_latency <= 1 else state["target_ms"]
+        model = state["model"]
+        return {
+            "target": config.target_latency,
+            "target_ms": round(target_ms, 4),
+            "batch_size": batch,
+            "threads": torch.get_num_threads(),
+            "device": model.key["device"],
+            "dtype": model.key["dtype"],
+            "unpruned_ms": round(measured["original"], 4),
+            "unpruned_estimate_ms": round(state["unpruned_estimate_ms"], 4),
+            "internal_target_ms": round(state["internal_ms"], 4),
+            "estimate_ms": round(model.estimate(plan.layer_dims()), 4),
+            "measured_ms": round(measured["pruned"], 4),
+            "error": round(measured["pruned"] / target_ms - 1, 4),
+            "rounds": len(state["rounds"]),
+            "round_details": [
+                {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in state["rounds"]
+            ],
+            "build_seconds": round(model.build_seconds, 3),
+            "loaded_from_cache": model.loaded,
+            "cache_file": model.path,
+        }
 
     def _report(self, config, criteria, plan, pruned, batches, scoring_s, total_s) -> dict:
         before, after = model_size_of(self.model), model_size_of(pruned)

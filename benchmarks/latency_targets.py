@@ -1,0 +1,174 @@
+"""Latency targets (issue 12, part 1): `SNPConfig(target_latency=...)` against the latency then measured.
+
+1. DeiT-S (random weights, `criterion="magnitude", reconstruct="none", allocation="scores"`) pruned to 50% and 30%
+   of its measured latency at batch 1 and 16: the target (ms), the pruned model's latency measured afterwards
+   (interleaved with the unpruned one, median of `--runs`), the error, the allocation rounds the pruner took and the
+   latency model's build time (0 when it came from the cache: `--fresh` measures it anew).
+2. The embedded digits ViT at equal measured latency: dims allocated by the latency model (`target_latency`) against
+   dims allocated by MACs (`target_macs_ratio` searched so that the pruned model's measured latency matches), both
+   with the default SNP pipeline (validated allocation, least-squares refit), top-1 on the digits test split zero-shot
+   and after fine-tuning (`optimum_snp.finetune.finetune`, soft distillation, `--epochs`).
+
+    python benchmarks/latency_targets.py [--runs 20] [--threads 2] [--fresh] [--skip-deit] [--skip-digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+from latency import interleaved_latency, machine_line
+
+
+def _measure_pair(original, pruned, batch: int, runs: int) -> tuple[float, float]:
+    x = torch.randn(batch, original.config.num_channels, original.config.image_size, original.config.image_size)
+    fns = {"original": lambda: original(pixel_values=x), "pruned": lambda: pruned(pixel_values=x)}
+    with torch.inference_mode():
+        t = interleaved_latency(fns, runs=runs, warmup=2)
+    return t["original"]["median"] * 1e3, t["pruned"]["median"] * 1e3
+
+
+def deit(args) -> None:
+    from transformers import DeiTForImageClassification
+
+    from optimum_snp import SNPConfig, SNPPruner, model_size_of
+    from optimum_snp.paper import deit_config
+
+    torch.manual_seed(0)
+    original = DeiTForImageClassification(deit_config("small")).eval()
+    original.set_attn_implementation("sdpa")
+    base = model_size_of(original).macs
+    print("## DeiT-S (random weights, magnitude, no refit, allocation 'scores'), SDPA, 224x224\n")
+    print(
+        "| batch | target | target ms | measured ms (pruner) | measured ms (re-measured) | error | rounds | "
+        "GMACs kept | latency model build s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in args.batch_sizes:
+        for keep in args.keep:
+            pruner = SNPPruner(original)
+            config = SNPConfig(
+                target_latency=keep,
+                latency_batch_size=batch,
+                criterion="magnitude",
+                reconstruct="none",
+                allocation="scores",
+            )
+            start = time.perf_counter()
+            pruned = pruner.prune(config, show_progress=False).eval()
+            seconds = time.perf_counter() - start
+            report = pruner.report["latency"]
+            original_ms, pruned_ms = _measure_pair(original, pruned, batch, args.runs)
+            target_ms = keep * original_ms
+            print(
+                f"| {batch} | {keep:.0%} | {target_ms:.1f} | {report['measured_ms']:.1f} (target "
+                f"{report['target_ms']:.1f}) | {pruned_ms:.1f} (unpruned {original_ms:.1f}) | "
+                f"{pruned_ms / target_ms - 1:+.1%} | {report['rounds']} | {model_size_of(pruned).macs / base:.1%} | "
+                f"{report['build_seconds']:.1f}{' (cached)' if report['loaded_from_cache'] else ''} |",
+                flush=True,
+            )
+            print(
+                f"  rounds: {[(r['internal_target_ms'], r['estimate_ms'], r['measured_ms']) for r in report['round_details']]}"
+                f" (internal target, estimate, measured ms); prune() took {seconds:.0f} s",
+                file=sys.stderr,
+            )
+
+
+def digits(args) -> None:
+    from optimum_snp import SNPConfig, SNPPruner, model_size_of
+    from optimum_snp.embedded import digits_dataset, load_embedded_model
+    from optimum_snp.evaluation import evaluate_accuracy
+    from optimum_snp.finetune import finetune
+
+    data = digits_dataset()
+    pruner = SNPPruner.from_pretrained(load_embedded_model(show_progress=False))
+    original = pruner.model.eval()
+    base = model_size_of(original).macs
+    batch = args.digits_batch_size
+
+    def top1(model) -> float:
+        return evaluate_accuracy(model, data["test"], pruner.image_processor, show_progress=False)["top1"]
+
+    def prune(**kw):
+        model = pruner.prune(SNPConfig(**kw), calibration_dataset=data["train"], show_progress=False).eval()
+        return model, pruner.report
+
+    print(f"\n## digits ViT at equal measured latency (batch {batch}), original top-1 {top1(original):.2%}\n")
+    print(
+        "| latency kept | allocation | GMACs kept | measured ms (unpruned) | top-1 zero-shot | top-1 fine-tuned "
+        f"({args.epochs:g} ep) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for keep in args.digits_keep:
+        by_latency, report = prune(target_latency=keep, latency_batch_size=batch)
+        unpruned_ms, latency_ms = _measure_pair(original, by_latency, batch, args.runs)
+        target_ms = keep * unpruned_ms
+        # the MACs target whose pruned model runs as fast: start at the latency model's MACs, then secant-like steps
+        ratio = model_size_of(by_latency).macs / base
+        tried = []
+        for _ in range(args.macs_search):
+            by_macs, _ = prune(target_macs_ratio=min(ratio, 1.0))
+            original_ms, macs_ms = _measure_pair(original, by_macs, batch, args.runs)
+            macs_ms *= unpruned_ms / original_ms  # on the scale of the first measurement
+            tried.append((abs(macs_ms - latency_ms), ratio, macs_ms, by_macs))
+            if abs(macs_ms / latency_ms - 1) <= 0.03:
+                break
+            ratio *= latency_ms / macs_ms
+        _, ratio, macs_ms, by_macs = min(tried, key=lambda t: t[0])
+        rows = [
+            (f"latency model ({report['latency']['rounds']} rounds)", by_latency, latency_ms),
+            (f"MACs (target_macs_ratio={ratio:.3f})", by_macs, macs_ms),
+        ]
+        for name, model, ms in rows:
+            zero_shot = top1(model)
+            with tempfile.TemporaryDirectory() as scratch:
+                finetune(
+                    model,
+                    original,
+                    data["train"],
+                    pruner.image_processor,
+                    epochs=args.epochs,
+                    output_dir=os.path.join(scratch, "ft"),
+                    show_progress=False,
+                )
+            print(
+                f"| {keep:.0%} ({target_ms:.2f} ms) | {name} | {model_size_of(model).macs / base:.1%} | "
+                f"{ms:.2f} ({unpruned_ms:.2f}) | {zero_shot:.2%} | {top1(model):.2%} |",
+                flush=True,
+            )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20, help="interleaved rounds of the re-measurements")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.3], help="DeiT-S: latency fractions kept")
+    parser.add_argument("--digits-keep", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--digits-batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=float, default=5)
+    parser.add_argument("--macs-search", type=int, default=3, help="MACs targets tried to match the latency")
+    parser.add_argument("--fresh", action="store_true", help="measure the latency models anew (a fresh cache)")
+    parser.add_argument("--skip-deit", action="store_true")
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fresh:
+        os.environ["OPTIMUM_SNP_CACHE"] = tempfile.mkdtemp(prefix="snp-latency-")
+    print(f"# Latency targets\n\nmachine: {machine_line()}\n")
+    start = time.perf_counter()
+    if not args.skip_deit:
+        deit(args)
+    if not args.skip_digits:
+        digits(args)
+    print(f"\nTotal: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

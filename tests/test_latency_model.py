@@ -1,0 +1,181 @@
+"""Latency models (latency_model.py) and latency targets (`SNPConfig.target_latency`): monotone estimates, the on-disk
+cache and its key, config validation, and pruning a tiny ViT to a latency target end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from optimum_snp import SNPConfig, SNPPruner
+from optimum_snp import latency_model as lm_module
+from optimum_snp.latency_model import LatencyModel, cache_dir
+from optimum_snp.layer_dims import LayerDims
+
+from .conftest import tiny_model
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty latency cache for the test (`$OPTIMUM_SNP_CACHE`)."""
+    monkeypatch.setenv("OPTIMUM_SNP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "latency"
+
+
+def _fake_seconds(name: str) -> float:
+    """Deterministic stand-in timings: attention ~ heads x (qk + v), MLP ~ width, the whole model a bit more."""
+    kind, *numbers = name.split("/")
+    if kind == "att":
+        h, q, v = map(int, numbers)
+        return 1e-5 * (1 + h * (q + v))
+    if kind == "mlp":
+        return 1e-6 * (10 + int(numbers[0]))
+    if kind == "ref":
+        h, q, v, m = map(int, numbers)
+        return 1e-5 * (1 + h * (q + v)) + 1e-6 * (10 + m)
+    return 1e-2
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Replaces the timing function: counts its calls, returns deterministic timings (nothing is run)."""
+    calls = []
+
+    def measure(fns, runs=5, warmup=1, device=None):
+        calls.append(len(fns))
+        return {name: _fake_seconds(name) for name in fns}
+
+    monkeypatch.setattr(lm_module, "_measure", measure)
+    return calls
+
+
+def test_estimate_is_monotone_in_every_dim(cache):
+    model = tiny_model("vit")
+    latency = LatencyModel.build(model, runs=2)  # real (noisy) timings: the grid is made monotone
+    full = LayerDims(4, 8, 8, 48)
+    for field, top in (("num_heads", 4), ("qk_head_dim", 8), ("v_head_dim", 8), ("intermediate_size", 48)):
+        values = []
+        for n in range(1, top + 1):
+            dims = {**full.to_dict(), field: n}
+            values.append(latency.layer(LayerDims(**dims)))
+        assert all(b >= a for a, b in zip(values, values[1:], strict=False)), (field, values)
+    # a removed block costs nothing, the whole model is the fixed cost plus its layers
+    assert latency.layer(LayerDims(0, 0, 0, 0)) == 0.0
+    assert latency.estimate([full] * 3) == pytest.approx(latency.fixed_ms + 3 * latency.layer(full))
+    assert latency.estimate([LayerDims(2, 4, 4, 24)] * 3) <= latency.estimate([full] * 3)
+
+
+def test_cache_is_written_and_loaded_without_measuring(cache, counted):
+    model = tiny_model("vit")
+    first = LatencyModel.build(model, batch_size=2)
+    assert len(counted) == 1 and not first.loaded and first.build_seconds > 0
+    files = os.listdir(cache)
+    assert len(files) == 1 and first.path == os.path.join(cache, files[0]) == os.path.join(cache_dir(), files[0])
+    saved = json.loads((cache / files[0]).read_text())
+    assert saved["key"]["batch_size"] == 2 and saved["key"]["device"] and saved["key"]["torch"] == torch.__version__
+    assert {"dtype", "threads", "hidden_size", "tokens", "heads", "head_dim", "mlp"} <= set(saved["key"])
+    second = LatencyModel.build(model, batch_size=2)
+    assert len(counted) == 1 and second.loaded  # loaded, not measured
+    assert second.estimate([LayerDims(3, 5, 6, 30)] * 3) == first.estimate([LayerDims(3, 5, 6, 30)] * 3)
+
+
+def test_other_threads_or_batch_size_rebuild(cache, counted):
+    model = tiny_model("vit")
+    base = LatencyModel.build(model, batch_size=1, num_threads=1)
+    other_batch = LatencyModel.build(model, batch_size=3, num_threads=1)
+    other_threads = LatencyModel.build(model, batch_size=1, num_threads=2)
+    assert len(counted) == 3 and len(os.listdir(cache)) == 3
+    assert base.key["threads"] == 1 and other_threads.key["threads"] == 2 and other_batch.key["batch_size"] == 3
+    assert LatencyModel.build(model, batch_size=1, num_threads=1).loaded and len(counted) == 3
+    # another architecture (MLP width) is another key too
+    LatencyModel.build(tiny_model("vit", intermediate_size=40), batch_size=1, num_threads=1)
+    assert len(counted) == 4
+
+
+def test_unsupported_family_raises(cache):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48))
+    with pytest.raises(NotImplementedError, match="ViT/DeiT"):
+        LatencyModel.build(bert.eval())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_latency=0.5, target_macs_ratio=0.5), "not both"),
+        (dict(target_latency=0.5, target_macs=1e6), "not both"),
+        (dict(target_latency=0.0), "target_latency"),
+        (dict(target_latency=-3.0), "target_latency"),
+        (dict(target_latency="fast"), "target_latency"),
+        (dict(target_latency=True), "target_latency"),
+        (dict(target_latency=0.5, latency_batch_size=0), "latency_batch_size"),
+        (dict(target_latency=0.5, qk_ratio=0.3), "allocated automatically"),
+    ],
+)
+def test_target_latency_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SNPConfig(**kwargs)
+
+
+def test_target_latency_config_round_trips():
+    config = SNPConfig(target_latency=12.5, latency_batch_size=4)
+    assert config.has_target and SNPConfig.from_dict(config.to_dict()) == config
+
+
+def test_prune_to_latency_target_end_to_end(cache, tmp_path):
+    # at batch 16, with half the heads removed: a model this small spends much of its time in per-module overhead
+    # that no dim removes (the floor of query/key, value and MLP pruning alone is about 0.6 of its latency)
+    model = tiny_model("vit", hidden_size=64, intermediate_size=256, image_size=64, num_attention_heads=4)
+    pruner = SNPPruner.from_pretrained(model)
+    config = SNPConfig(
+        target_latency=0.6,
+        latency_batch_size=16,
+        head_ratio=0.5,
+        criterion="magnitude",
+        reconstruct="none",
+        allocation="scores",
+    )
+    pruned = pruner.prune(config, save_dir=tmp_path / "pruned", show_progress=False)
+    report = pruner.report["latency"]
+    saved = json.loads((tmp_path / "pruned" / "pruning_report.json").read_text())
+    assert saved["latency"]["rounds"] == report["rounds"]
+    assert SNPConfig.from_pretrained(tmp_path / "pruned") == config
+    assert report["target"] == 0.6 and report["batch_size"] == 16
+    for name in ("target_ms", "unpruned_ms", "estimate_ms", "measured_ms", "build_seconds", "rounds", "error"):
+        assert report[name] is not None, name
+    assert 1 <= report["rounds"] <= 3 and len(report["round_details"]) == report["rounds"]
+    assert report["estimate_ms"] < report["unpruned_estimate_ms"] and report["measured_ms"] > 0
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    assert os.path.isfile(report["cache_file"])
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_allocation_with_a_macs_layer_cost_matches_the_macs_path(blocks):
+    """`layer_cost` generalizes the MACs count: given the MACs themselves, allocation gives the same dims."""
+    from optimum_snp import get_adapter
+    from optimum_snp.accounting import architecture_of, layer_size_in, model_size
+    from optimum_snp.allocation import allocate_dims, uniform_dims
+    from optimum_snp.scoring import magnitude_scores
+
+    model = tiny_model("deit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    adapter = get_adapter(model)
+    dims, d, arch = adapter.layer_dims(), adapter.hidden_size, architecture_of(model)
+    total = model_size(model.config, arch, hidden_size=d, layer_dims=dims).macs
+    fixed = total - sum(layer_size_in(model.config, i, x, d).macs for i, x in enumerate(dims))
+
+    def macs(idx: int, layer: LayerDims) -> float:
+        return layer_size_in(model.config, idx, layer, d).macs
+
+    common = dict(config=model.config, architecture=arch, kept_hidden=d, base_dims=dims, round_to=1)
+    scores = magnitude_scores(model)
+    for keep in (0.6, 0.35):
+        for exponent in (0.0, 0.25, 1.0):
+            kw = dict(common, target_macs=keep * total, macs_exponent=exponent, allow_block_removal=blocks)
+            assert allocate_dims(scores, layer_cost=macs, fixed_cost=fixed, **kw) == allocate_dims(scores, **kw)
+        kw = dict(common, target_macs=keep * total)
+        assert uniform_dims(layer_cost=macs, fixed_cost=fixed, **kw) == uniform_dims(**kw)
+    with pytest.raises(ValueError, match="Latency target"):
+        allocate_dims(scores, layer_cost=macs, fixed_cost=fixed, **dict(common, target_macs=0.01 * total))
