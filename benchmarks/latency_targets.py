@@ -1,5 +1,8 @@
 """Latency targets (issue 12, part 1): `SNPConfig(target_latency=...)` against the latency then measured.
 
+Latency targets are noisy on a shared CPU (the pruner's own measurements and the re-measurement drift apart); run it
+on an idle machine.
+
 1. DeiT-S (random weights, `criterion="magnitude", reconstruct="none", allocation="scores"`) pruned to 50% and 30%
    of its measured latency at batch 1 and 16: the target (ms), the pruned model's latency measured afterwards
    (interleaved with the unpruned one, median of `--runs`), the error, the allocation rounds the pruner took and the
@@ -85,7 +88,7 @@ def digits(args) -> None:
     from optimum_snp.finetune import finetune
 
     data = digits_dataset()
-    pruner = SNPPruner.from_pretrained(load_embedded_model(show_progress=False))
+    pruner = SNPPruner.from_pretrained(load_embedded_model(args.embedded_dir, show_progress=False))
     original = pruner.model.eval()
     base = model_size_of(original).macs
     batch = args.digits_batch_size
@@ -156,9 +159,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args(argv)
+    args.embedded_dir = None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.fresh:
+    if args.fresh:  # latency models measured anew; the embedded digits model stays where it was cached
+        from optimum_snp.embedded import embedded_model_dir
+
+        args.embedded_dir = embedded_model_dir()
         os.environ["OPTIMUM_SNP_CACHE"] = tempfile.mkdtemp(prefix="snp-latency-")
     print(f"# Latency targets\n\nmachine: {machine_line()}\n")
     start = time.perf_counter()
