@@ -211,10 +211,10 @@ class GradualPruningCallback(TrainerCallback):
     ):
         if not isinstance(config, SNPConfig):
             raise ValueError(f"`config` must be an SNPConfig, got {type(config).__name__}.")
-        if not config.has_target:
+        if not config.has_target or config.target_latency is not None:
             raise ValueError(
                 "Gradual pruning interpolates a MACs target: set `target_macs_ratio` (fraction of the MACs kept) or "
-                "`target_macs` (absolute MACs per image) in the SNPConfig."
+                "`target_macs` (absolute MACs per image) in the SNPConfig (`target_latency` is not supported here)."
             )
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be an int >= 1 (1 = one-shot at the start), got {num_steps!r}.")
