@@ -297,4 +297,30 @@ class ArchitectureAdapter:
         )
 
 
-__all__ = ["PER_LAYER_FIELDS", "ArchitectureAdapter"]
+class ImageAdapterMixin:
+    """What image adapters share: the image processor (the checkpoint's, or derived from the config), one
+    `pixel_values` input of the config's image size for ONNX, and a card snippet that loads the processor too."""
+
+    def load_preprocessor(self, source: str | None):
+        from ..calibration import resolve_image_processor
+
+        return resolve_image_processor(source, self.config)
+
+    def onnx_inputs(self, batch_size: int, seed: int = 0, variant: int = 0) -> dict[str, torch.Tensor]:
+        size = self.config.image_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        generator = torch.Generator().manual_seed(seed)
+        return {"pixel_values": torch.randn(batch_size, self.config.num_channels, height, width, generator=generator)}
+
+    @classmethod
+    def card_snippet(cls, class_name: str, name: str) -> str:
+        auto = cls.auto_class_name(class_name)
+        return (
+            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
+            f"from transformers import AutoImageProcessor, {auto}\n\n"
+            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
+            f'image_processor = AutoImageProcessor.from_pretrained("{name}")'
+        )
+
+
+__all__ = ["PER_LAYER_FIELDS", "ArchitectureAdapter", "ImageAdapterMixin"]

@@ -36,7 +36,7 @@ from ..models.modeling_snp_efficientformer import (
     attention_bias_index,
 )
 from . import register_adapter
-from .base import ArchitectureAdapter
+from .base import ArchitectureAdapter, ImageAdapterMixin
 from .timm import register_timm_converter
 
 
@@ -44,7 +44,7 @@ def _pair(value) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
 
-class EfficientFormerAdapter(ArchitectureAdapter):
+class EfficientFormerAdapter(ImageAdapterMixin, ArchitectureAdapter):
     """optimum-snp's EfficientFormer family (`SNPEfficientFormerModel`, `SNPEfficientFormerForImageClassification`),
     unpruned (timm weights converted) or pruned."""
 
@@ -221,30 +221,10 @@ class EfficientFormerAdapter(ArchitectureAdapter):
         return new_config
 
     # ---- preprocessing, export ----------------------------------------------------------------------------
-    def load_preprocessor(self, source: str | None):
-        from ..calibration import resolve_image_processor
-
-        return resolve_image_processor(source, self.config)
-
-    def onnx_inputs(self, batch_size: int, seed: int = 0, variant: int = 0) -> dict[str, torch.Tensor]:
-        height, width = _pair(self.config.image_size)
-        generator = torch.Generator().manual_seed(seed)
-        return {"pixel_values": torch.randn(batch_size, self.config.num_channels, height, width, generator=generator)}
-
     def onnx_output_names(self) -> list[str]:
         if self.class_name.endswith("ForImageClassification"):
             return ["logits"]
         return ["last_hidden_state", "pooler_output"]
-
-    @classmethod
-    def card_snippet(cls, class_name: str, name: str) -> str:
-        auto = cls.auto_class_name(class_name)
-        return (
-            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
-            f"from transformers import AutoImageProcessor, {auto}\n\n"
-            f'model = {auto}.from_pretrained("{name}")  # or trust_remote_code=True without optimum-snp\n'
-            f'image_processor = AutoImageProcessor.from_pretrained("{name}")'
-        )
 
 
 register_adapter(EfficientFormerAdapter)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import nn
 
 from ..layer_dims import ModelSize
@@ -22,14 +21,14 @@ from ..models.modeling_snp import (
     SNPViTModel,
 )
 from . import register_adapter
-from .base import ArchitectureAdapter
+from .base import ArchitectureAdapter, ImageAdapterMixin
 
 
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, Iterable) else (value, value)
 
 
-class ViTAdapter(ArchitectureAdapter):
+class ViTAdapter(ImageAdapterMixin, ArchitectureAdapter):
     """transformers' ViT (`ViTModel`, `ViTForImageClassification`) and its SNP-pruned family."""
 
     architecture = "vit"
@@ -171,16 +170,6 @@ class ViTAdapter(ArchitectureAdapter):
         return {"hidden_size": hidden_size, "pooler_output_size": self.config.pooler_output_size}
 
     # ---- preprocessing, export ----------------------------------------------------------------------------
-    def load_preprocessor(self, source: str | None):
-        from ..calibration import resolve_image_processor
-
-        return resolve_image_processor(source, self.config)
-
-    def onnx_inputs(self, batch_size: int, seed: int = 0, variant: int = 0) -> dict[str, torch.Tensor]:
-        height, width = _pair(self.config.image_size)
-        generator = torch.Generator().manual_seed(seed)
-        return {"pixel_values": torch.randn(batch_size, self.config.num_channels, height, width, generator=generator)}
-
     def onnx_output_names(self) -> list[str]:
         if self.class_name.endswith("WithTeacher"):
             return ["logits", "cls_logits", "distillation_logits"]
@@ -190,16 +179,6 @@ class ViTAdapter(ArchitectureAdapter):
             ["last_hidden_state", "pooler_output"]
             if getattr(self.model, "pooler", None) is not None
             else ["last_hidden_state"]
-        )
-
-    @classmethod
-    def card_snippet(cls, class_name: str, name: str) -> str:
-        auto = cls.auto_class_name(class_name)
-        return (
-            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
-            f"from transformers import AutoImageProcessor, {auto}\n\n"
-            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
-            f'image_processor = AutoImageProcessor.from_pretrained("{name}")'
         )
 
 
