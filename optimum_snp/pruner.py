@@ -32,7 +32,7 @@ from .config import ALLOCATION_EXPONENTS, SNPConfig
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
-from .reconstruction import TargetCache, reconstruct
+from .reconstruction import TargetCache, chosen_plan, reconstruct
 from .report import build_report
 from .scoring import magnitude_scores
 from .scoring.snp import scores_to_cpu, snp_scores
@@ -196,10 +196,13 @@ class SNPPruner:
         if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
             self._calibrate_latency(config, ratios, scores)
         candidates = self._candidate_dims(config, ratios, scores)
-        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], adapter.layer_dims(), strict=True)):
+        source_dims = adapter.layer_dims()
+        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], source_dims, strict=True)):
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
+        # 'validated' query/key with the least-squares refit: chosen per layer inside the refit, on its error
+        local_qk = len(qk_variants) > 1 and config.reconstruct == "least_squares"
         reference = None
-        if len(candidates) > 1 or len(qk_variants) > 1:
+        if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
             if not held_out and batches:
                 warnings.warn(
                     "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
@@ -221,6 +224,12 @@ class SNPPruner:
         def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
             plan = plan_from_kept_dims(group_scores, kept_hidden, kept_dims)
             plan.metadata.update(criteria={**criteria, "qk": qk_name}, snp_config=config.to_dict())
+            # the least-squares refit chooses each layer's query/key rows among the criteria's (no second candidate)
+            alternatives = None
+            if local_qk and any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True)):
+                alternatives = {
+                    qk: plan_from_kept_dims(qk_scores, kept_hidden, kept_dims) for qk, qk_scores in qk_variants.items()
+                }
             pruned = apply_plan(self.model, plan)
             sliced = time.perf_counter()
             reconstruction = reconstruct(
@@ -232,7 +241,12 @@ class SNPPruner:
                 ridge=config.ridge if config.ridge is not None else adapter.default_ridge,
                 show_progress=show_progress and reference is None,
                 cache=cache,
+                qk_alternatives=alternatives,
             )
+            if alternatives:
+                plan = chosen_plan(plan, alternatives, reconstruction)
+                plan.metadata["criteria"]["qk"] = "validated"
+                qk_name = "validated"
             timing["reconstruction"] += time.perf_counter() - sliced
             divergence = None
             if reference is not None:
@@ -247,7 +261,7 @@ class SNPPruner:
         results = [evaluate(names[0], qk_variants[names[0]], *c) for c in candidates]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         dims = next(c for c in candidates if c[0] == best[1]["allocation"])
-        if any(d.qk_head_dim < o.qk_head_dim for d, o in zip(dims[2], adapter.layer_dims(), strict=True)):
+        if not local_qk and any(d.qk_head_dim < o.qk_head_dim for d, o in zip(dims[2], source_dims, strict=True)):
             results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         _, chosen, plan, pruned, reconstruction = best
@@ -552,7 +566,8 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     if config.has_target and config.allocation == "validated":
         return True
     qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
-    return criteria["qk"] == "validated" and qk_pruned
+    # with the least-squares refit, the 'validated' query/key criterion is chosen per layer by the refit's error
+    return criteria["qk"] == "validated" and qk_pruned and config.reconstruct != "least_squares"
 
 
 def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor], str]:

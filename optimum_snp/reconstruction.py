@@ -25,7 +25,7 @@ dims of the kept heads, `fc2` the kept MLP units); the adapter names them (`reco
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -229,12 +229,18 @@ def reconstruct(
     ridge: float | None = None,
     show_progress: bool = True,
     cache: TargetCache | None = None,
+    qk_alternatives: dict[str, PruningPlan] | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
     `ridge`: None = the architecture's default (`default_ridge` of its adapter).
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
+    `qk_alternatives`: plans that differ from `plan` only in the query/key dims each kept head keeps (e.g. chosen by
+    two criteria), by name. Least squares only: in every layer, each alternative's query/key rows are put in the
+    pruned layer, the first projection after the attention (`o_proj`) is refit, and the alternative with the lowest
+    error after the refit is kept (the report names it per layer: `qk_criterion`). `pruned` then holds the chosen
+    rows; `chosen_plan(plan, alternatives, report)` is the plan it matches.
 
     Returns a report: per layer and projection, the mean squared error of the projection's output against the
     unpruned model's before and after the refit (least squares), and the statistics' size in bytes.
@@ -242,6 +248,11 @@ def reconstruct(
     check_reconstruct(mode, ridge)
     if ridge is None:
         ridge = get_adapter(pruned).default_ridge
+    if qk_alternatives and mode != "least_squares":
+        raise ValueError(
+            f"qk_alternatives are chosen by the least-squares refit's error; got reconstruct={mode!r}. Compare the "
+            "alternatives on held-out data instead, or use reconstruct='least_squares'."
+        )
     if mode == "none":
         return {"mode": "none"}
     batches = list(batches) if batches is not None else []
@@ -266,8 +277,34 @@ def reconstruct(
                 f"The target cache holds {cache.num_batches} batches but {len(batches)} were given; build it on the "
                 "same calibration batches."
             )
+        if qk_alternatives:
+            alternatives = {name: alt.normalized() for name, alt in qk_alternatives.items()}
+            for name, alt in alternatives.items():
+                same = alt.hidden == plan.hidden and all(
+                    (a.heads, a.v, a.mlp, len(a.qk[0]) if a.qk else 0)
+                    == (b.heads, b.v, b.mlp, len(b.qk[0]) if b.qk else 0)
+                    for a, b in zip(alt.layers, plan.layers, strict=True)
+                )
+                if not same:
+                    raise ValueError(
+                        f"qk_alternatives[{name!r}] differs from the plan in more than the query/key dims each head "
+                        "keeps; build the alternatives from the same kept dims and scores except the query/key ones."
+                    )
+        else:
+            alternatives = None
         return _least_squares(
-            original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden, ridge, show_progress, cache
+            original,
+            pruned,
+            plan,
+            batches,
+            adapter_o,
+            adapter_p,
+            source_dims,
+            hidden,
+            ridge,
+            show_progress,
+            cache,
+            alternatives,
         )
     finally:
         original.train(was_training[0])
@@ -377,7 +414,18 @@ def _projection_stats(
 
 
 def _least_squares(
-    original, pruned, plan, batches, adapter_o, adapter_p, source_dims, hidden, ridge, show_progress, cache=None
+    original,
+    pruned,
+    plan,
+    batches,
+    adapter_o,
+    adapter_p,
+    source_dims,
+    hidden,
+    ridge,
+    show_progress,
+    cache=None,
+    alternatives=None,
 ):
     from tqdm.auto import tqdm
 
@@ -402,13 +450,33 @@ def _least_squares(
             next_o = None
             outputs = {k: [_select(o, hidden) for o in cache.outputs[idx][k]] for k in keys}
         entry = {"layer": idx}
+        chosen_stats = None
+        if alternatives and keys and _differ_in_qk(alternatives, idx):
+            chosen_stats = _choose_qk(
+                original,
+                pruned,
+                adapter_o,
+                alternatives,
+                idx,
+                layer_p,
+                mods_p[keys[0]],
+                inputs_p,
+                outputs[keys[0]],
+                masks,
+                ridge,
+                entry,
+            )
         next_p = None
         for key in keys:  # in forward order: each refit sees the refit projections before it
             proj = mods_p[key]
             # the last projection, when its output is simply added to the layer's output (pre-norm residual): run
             # the layer to the end once and correct its output after the refit, instead of running it again
             additive = key == keys[-1] and key in adapter_p.residual_output_targets
-            stats, kept = _projection_stats(layer_p, proj, inputs_p, outputs.pop(key), keep=additive, masks=masks)
+            targets = outputs.pop(key)
+            if chosen_stats is not None and key == keys[0] and not additive:
+                stats, kept = chosen_stats, []  # computed while choosing the query/key rows
+            else:
+                stats, kept = _projection_stats(layer_p, proj, inputs_p, targets, keep=additive, masks=masks)
             before = stats.error(proj.weight, proj.bias)
             old_weight = proj.weight.detach().clone()
             old_bias = proj.bias.detach().clone() if proj.bias is not None else None
@@ -433,4 +501,43 @@ def _least_squares(
     return {"mode": "least_squares", "ridge": ridge, "layers": layers, "stats_bytes": stats_bytes}
 
 
-__all__ = ["RECONSTRUCT_MODES", "ProjectionStats", "TargetCache", "check_reconstruct", "reconstruct"]
+def _differ_in_qk(alternatives: dict[str, PruningPlan], idx: int) -> bool:
+    return len({str(alt.layers[idx].qk) for alt in alternatives.values()}) > 1
+
+
+def _choose_qk(original, pruned, adapter_o, alternatives, idx, layer_p, proj, inputs_p, targets, masks, ridge, entry):
+    """Puts each alternative's query/key rows of layer `idx` in the pruned layer, refits `proj` (the attention's
+    output projection) and keeps the rows with the lowest error after the refit; returns that refit's statistics."""
+    from .slicing import sliced_parameters
+
+    names = [name for name, _ in adapter_o.layer_groups(idx)["qk"]]
+    params = {name: pruned.get_parameter(name) for name in names}
+    errors, best = {}, None
+    for alt_name, alt in alternatives.items():
+        for name, tensor in sliced_parameters(original, alt, names).items():
+            params[name].copy_(tensor.to(params[name].dtype))
+        stats, _ = _projection_stats(layer_p, proj, inputs_p, targets, masks=masks)
+        weight, bias = stats.solve(proj.weight, proj.bias, ridge)
+        errors[alt_name] = stats.error(weight, bias)
+        if best is None or errors[alt_name] < errors[best[0]]:
+            best = (alt_name, stats)
+    for name, tensor in sliced_parameters(original, alternatives[best[0]], names).items():
+        params[name].copy_(tensor.to(params[name].dtype))
+    entry["qk_criterion"] = best[0]
+    entry["qk_mse"] = errors
+    return best[1]
+
+
+def chosen_plan(plan: PruningPlan, alternatives: dict[str, PruningPlan], report: dict) -> PruningPlan:
+    """The plan a refit with `qk_alternatives` leaves the pruned model in: each layer's query/key dims from the
+    alternative the refit chose (`report["layers"][i]["qk_criterion"]`), the rest from `plan`."""
+    alternatives = {name: alt.normalized() for name, alt in alternatives.items()}
+    plan = plan.normalized()
+    layers = []
+    for idx, lp in enumerate(plan.layers):
+        chosen = report["layers"][idx].get("qk_criterion") if idx < len(report.get("layers", [])) else None
+        layers.append(replace(lp, qk=alternatives[chosen].layers[idx].qk) if chosen else lp)
+    return replace(plan, layers=layers)
+
+
+__all__ = ["RECONSTRUCT_MODES", "ProjectionStats", "TargetCache", "check_reconstruct", "chosen_plan", "reconstruct"]

@@ -27,22 +27,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             f"{type(model).__name__}'s pruned family cannot express; keep at least one head and one MLP unit per layer."
         )
 
-    # parameter name -> [(axis, kept indices)]
-    keep: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
-    for name, axis in adapter.hidden_group():
-        keep[name].append((axis, plan.hidden))
-    for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims, strict=True)):
-        groups = adapter.layer_groups(idx)
-        rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp, "heads": lp.heads}
-        for group, members in groups.items():
-            for name, axis in members:
-                keep[name].append((axis, rows[group]))
-
-    state = {}
-    for name, tensor in model.state_dict().items():
-        for axis, indices in keep.get(name, ()):
-            tensor = tensor.index_select(axis, torch.as_tensor(indices, dtype=torch.long, device=tensor.device))
-        state[name] = tensor.detach().clone()
+    keep = _kept_indices(adapter, plan, source_dims)
+    state = {name: _slice(tensor, keep.get(name, ())) for name, tensor in model.state_dict().items()}
 
     config = adapter.pruned_config(len(plan.hidden), plan.layer_dims())
     with torch.device("meta"):
@@ -64,3 +50,31 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     if getattr(model, "name_or_path", None):
         pruned.name_or_path = model.name_or_path
     return pruned
+
+
+def sliced_parameters(model: nn.Module, plan: PruningPlan, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors `names` of `model` (its state-dict names) as `apply_plan(model, plan)` would hold them (copies)."""
+    adapter = get_adapter(model)
+    keep = _kept_indices(adapter, plan.normalized(), adapter.layer_dims())
+    state = model.state_dict()
+    return {name: _slice(state[name], keep.get(name, ())) for name in names}
+
+
+def _kept_indices(adapter, plan: PruningPlan, source_dims) -> dict[str, list[tuple[int, list[int]]]]:
+    """Parameter name -> [(axis, kept indices)] for every tensor the (normalized) plan cuts."""
+    keep: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
+    for name, axis in adapter.hidden_group():
+        keep[name].append((axis, plan.hidden))
+    for idx, (lp, dims) in enumerate(zip(plan.layers, source_dims, strict=True)):
+        groups = adapter.layer_groups(idx)
+        rows = {"qk": lp.qk_rows(dims), "v": lp.v_rows(dims), "mlp": lp.mlp, "heads": lp.heads}
+        for group, members in groups.items():
+            for name, axis in members:
+                keep[name].append((axis, rows[group]))
+    return keep
+
+
+def _slice(tensor: torch.Tensor, keep) -> torch.Tensor:
+    for axis, indices in keep:
+        tensor = tensor.index_select(axis, torch.as_tensor(indices, dtype=torch.long, device=tensor.device))
+    return tensor.detach().clone()

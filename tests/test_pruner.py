@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from optimum_snp import PruningPlan, SNPConfig, SNPPruner, apply_plan, model_size_of
+from optimum_snp.adapters import get_adapter
 from optimum_snp.embedded import digits_dataset
 from optimum_snp.version import __version__
 
@@ -300,10 +301,13 @@ def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, ke
     assert model_size_of(pruned).macs == best["macs"]
 
 
-def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude(data):
+def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude_on_held_out_images(data):
     model = tiny_model("vit", seed=4)
     pruner = SNPPruner.from_pretrained(model)
-    config = SNPConfig(qk_ratio=0.5, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    # without the least-squares refit, the criterion is chosen on held-out images (per model)
+    config = SNPConfig(
+        qk_ratio=0.5, num_calibration_samples=16, num_validation_samples=16, batch_size=8, reconstruct="bias"
+    )
     pruner.prune(config, calibration_dataset=data, show_progress=False)
     tried = pruner.report["allocation"]["candidates"]
     assert [c["qk_criterion"] for c in tried] == ["attention_kl", "magnitude"]
@@ -313,12 +317,60 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     # the chosen plan is the one that criterion gives on its own
     alone = SNPPruner.from_pretrained(model)
     alone.prune(
-        SNPConfig(qk_ratio=0.5, num_calibration_samples=16, batch_size=8, criterion={"qk": best["qk_criterion"]}),
+        SNPConfig(
+            qk_ratio=0.5,
+            num_calibration_samples=16,
+            batch_size=8,
+            reconstruct="bias",
+            criterion={"qk": best["qk_criterion"]},
+        ),
         calibration_dataset=data,
         show_progress=False,
     )
     assert [lp.qk for lp in alone.plan.layers] == [lp.qk for lp in pruner.plan.layers]
     # nothing to choose when query/key is not pruned: no held-out pass
-    pruner.prune(SNPConfig(mlp_ratio=0.5, num_calibration_samples=16, batch_size=8), data, show_progress=False)
+    pruner.prune(
+        SNPConfig(mlp_ratio=0.5, num_calibration_samples=16, batch_size=8, reconstruct="bias"),
+        data,
+        show_progress=False,
+    )
     assert len(pruner.report["allocation"]["candidates"]) == 1
     assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
+
+
+def test_validated_query_key_criterion_is_chosen_per_layer_by_the_least_squares_refit(data):
+    model = tiny_model("vit", seed=4)
+    pruner = SNPPruner.from_pretrained(model)
+    config = SNPConfig(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, batch_size=8)
+    pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
+    # one candidate, no held-out pass
+    assert len(pruner.report["allocation"]["candidates"]) == 1
+    assert "num_validation_samples" not in pruner.report["allocation"]
+    assert pruner.plan.metadata["criteria"]["qk"] == "validated"
+    layers = pruner.report["reconstruction"]["layers"]
+    per_criterion = {}
+    for qk in ("attention_kl", "magnitude"):
+        alone = SNPPruner.from_pretrained(model)
+        alone.prune(
+            SNPConfig(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, batch_size=8, criterion={"qk": qk}),
+            calibration_dataset=data,
+            show_progress=False,
+        )
+        per_criterion[qk] = alone.plan.normalized()
+    assert any(
+        a.qk != m.qk for a, m in zip(per_criterion["attention_kl"].layers, per_criterion["magnitude"].layers)
+    ), "the two criteria should disagree somewhere for this test to mean anything"
+    for idx, entry in enumerate(layers):
+        errors = entry["qk_mse"]
+        assert set(errors) == {"attention_kl", "magnitude"}
+        assert entry["qk_criterion"] == min(errors, key=errors.get)
+        # the plan keeps the chosen criterion's query/key dims, and the pruned model holds exactly those rows
+        assert pruner.plan.normalized().layers[idx].qk == per_criterion[entry["qk_criterion"]].layers[idx].qk
+    from optimum_snp.slicing import sliced_parameters
+
+    adapter = get_adapter(model)
+    names = [name for idx in range(adapter.num_layers) for name, _ in adapter.layer_groups(idx)["qk"]]
+    expected = sliced_parameters(model, pruner.plan, names)
+    state = pruned.state_dict()
+    for name in names:
+        assert torch.equal(state[name], expected[name]), name

@@ -210,3 +210,47 @@ def test_correcting_the_layer_output_equals_running_the_layer_again(kind, monkey
     reconstruct(model, slow, plan, batches(), show_progress=False)
     for name, tensor in slow.state_dict().items():
         assert torch.allclose(tensor, fast.state_dict()[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit-base"])
+def test_query_key_alternatives_keep_per_layer_the_rows_with_the_lower_refit_error(kind):
+    from dataclasses import replace
+
+    from optimum_snp.reconstruction import chosen_plan
+
+    model = tiny_model(kind, seed=8)
+    plan = random_plan(model, seed=8, hidden=kind.endswith("base")).normalized()
+    source = get_adapter(model).layer_dims()
+    other = replace(
+        plan,
+        layers=[  # the same count of query/key dims per head, other dims
+            replace(lp, qk=[sorted(range(d.qk_head_dim))[-len(q) :] for q in lp.qk]) if lp.heads else lp
+            for lp, d in zip(plan.layers, source, strict=True)
+        ],
+    )
+    alternatives = {"a": plan, "b": other}
+    data = batches()
+    pruned = apply_plan(model, plan)
+    report = reconstruct(model, pruned, plan, data, show_progress=False, qk_alternatives=alternatives)
+    final = chosen_plan(plan, alternatives, report)
+    assert any("qk_criterion" in entry for entry in report["layers"])
+    for idx, entry in enumerate(report["layers"]):
+        if plan.layers[idx].qk == other.layers[idx].qk:
+            assert "qk_criterion" not in entry
+            continue
+        errors = entry["qk_mse"]
+        assert entry["qk_criterion"] == min(errors, key=errors.get)
+        assert final.layers[idx].qk == alternatives[entry["qk_criterion"]].layers[idx].qk
+    # the result is the refit of the chosen plan (its first layer's choice equals refitting with it alone)
+    alone = apply_plan(model, final)
+    reconstruct(model, alone, final, data, show_progress=False)
+    for name, tensor in alone.state_dict().items():
+        assert torch.allclose(tensor, pruned.state_dict()[name], atol=1e-5), name
+    # alternatives that differ in more than the query/key rows, or without least squares: refused, nothing changed
+    state = copy.deepcopy(pruned.state_dict())
+    wrong = replace(plan, layers=[replace(plan.layers[0], mlp=plan.layers[0].mlp[:-1]), *plan.layers[1:]])
+    with pytest.raises(ValueError, match="qk_alternatives\\['b'\\] differs"):
+        reconstruct(model, pruned, plan, data, show_progress=False, qk_alternatives={"a": plan, "b": wrong})
+    with pytest.raises(ValueError, match="least-squares"):
+        reconstruct(model, pruned, plan, data, mode="bias", show_progress=False, qk_alternatives=alternatives)
+    assert all(torch.equal(t, state[k]) for k, t in pruned.state_dict().items())
