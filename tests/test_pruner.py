@@ -206,7 +206,7 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
         (dict(target_macs_ratio=0.5, qk_ratio=0.3), "allocated automatically"),
         (dict(num_calibration_samples=0), "`num_calibration_samples` must be an int >= 1"),
-        (dict(round_to=0), "`round_to` must be None \(automatic\) or an int >= 1"),
+        (dict(round_to=0), r"`round_to` must be None \(automatic\) or an int >= 1"),
     ],
 )
 def test_invalid_config(kwargs, message):
@@ -358,7 +358,8 @@ def test_validated_query_key_criterion_is_chosen_per_layer_by_the_least_squares_
         )
         per_criterion[qk] = alone.plan.normalized()
     assert any(
-        a.qk != m.qk for a, m in zip(per_criterion["attention_kl"].layers, per_criterion["magnitude"].layers)
+        a.qk != m.qk
+        for a, m in zip(per_criterion["attention_kl"].layers, per_criterion["magnitude"].layers, strict=True)
     ), "the two criteria should disagree somewhere for this test to mean anything"
     for idx, entry in enumerate(layers):
         errors = entry["qk_mse"]
