@@ -13,6 +13,7 @@ Tables:
     groups   value dims, MLP units, heads pruned alone: criteria, with the default reconstruction
     before   the previous defaults (qk=attention, allocation by scores, no reconstruction) against today's
     goals    the shipped default against the goals of issue 9, per model
+    rounding the default rounding of kept dims (multiples of 8, for speed) against none
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/ablation.py --tables qk ridge --models tune
@@ -217,6 +218,24 @@ def goals_table(benches: list[Bench]) -> None:
     print()
 
 
+def rounding_table(benches: list[Bench]) -> None:
+    """The default rounding of kept dims (`round_to=None`: multiples of 8 in groups of 64+ units, for speed) against
+    none (`round_to=1`), everything else default, zero-shot top-1 / KL."""
+    header = ["model", "unpruned"] + [f"{k:.0%} MACs: {w}" for k in (0.5, 0.3) for w in ("round_to=1", "default")]
+    table("Rounding kept dims: none vs the default (top-1 zero-shot / logit KL)", header)
+    for bench in benches:
+        cells = [bench.label, f"{bench.evaluator.top1:.1%}"]
+        for keep in (0.5, 0.3):
+            exact = bench.run(target_macs_ratio=keep, round_to=1)
+            default = bench.run(target_macs_ratio=keep)
+            cells += [
+                cell(exact) + f" ({exact['macs']:.1%} MACs)",
+                cell(default) + f" ({default['macs']:.1%} MACs)",
+            ]
+        row(cells)
+    print()
+
+
 def before_table(benches: list[Bench]) -> None:
     """The defaults before reconstruction and validated choices (qk=attention, allocation by scores / MACs^0.25, no
     refit) against today's, zero-shot top-1 / KL."""
@@ -258,6 +277,7 @@ def main(argv=None) -> int:
         "ridge": ridge_table,
         "groups": groups_table,
         "before": before_table,
+        "rounding": rounding_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]

@@ -13,6 +13,7 @@ on an idle machine.
    and after fine-tuning (`optimum_snp.finetune.finetune`, soft distillation, `--epochs`).
 
     python benchmarks/latency_targets.py [--runs 20] [--threads 2] [--fresh] [--skip-deit] [--skip-digits]
+        [--keep 0.3 --head-ratio 0.5 --block-pruning]
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def deit(args) -> None:
     original = DeiTForImageClassification(deit_config("small")).eval()
     original.set_attn_implementation("sdpa")
     base = model_size_of(original).macs
-    print("## DeiT-S (random weights, magnitude, no refit, allocation 'scores'), SDPA, 224x224\n")
+    print(
+        "## DeiT-S (random weights, magnitude, no refit, allocation 'scores'"
+        f"{f', head_ratio={args.head_ratio}' if args.head_ratio else ''}"
+        f"{', block pruning allowed' if args.block_pruning else ''}), SDPA, 224x224\n"
+    )
     print(
         "| batch | target | target ms | measured ms (pruner) | measured ms (re-measured) | error | rounds | "
         "GMACs kept | latency model build s |"
@@ -60,6 +65,8 @@ def deit(args) -> None:
                 criterion="magnitude",
                 reconstruct="none",
                 allocation="scores",
+                head_ratio=args.head_ratio,
+                block_pruning=args.block_pruning,
             )
             start = time.perf_counter()
             pruned = pruner.prune(config, show_progress=False).eval()
@@ -156,6 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, default=5)
     parser.add_argument("--macs-search", type=int, default=3, help="MACs targets tried to match the latency")
     parser.add_argument("--fresh", action="store_true", help="measure the latency models anew (a fresh cache)")
+    parser.add_argument("--head-ratio", type=float, default=0.0, help="DeiT-S: heads removed in every layer")
+    parser.add_argument(
+        "--block-pruning", action="store_true", help="DeiT-S: the allocation may remove whole attention / MLP blocks"
+    )
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args(argv)
