@@ -78,8 +78,9 @@ class _LayerStats:
 class SNPStatistics:
     """Collects calibration statistics of every layer of `model` with forward hooks."""
 
-    def __init__(self, model: nn.Module, criteria: dict[str, str], qk_rank: int = 4):
+    def __init__(self, model: nn.Module, criteria: dict[str, str], qk_rank: int = 4, seed: int = 0):
         self.model = model
+        self.seed = seed  # with the layer and the image's index, seeds the query rows "attention_kl" samples
         self.adapter = get_adapter(model)
         if criteria.get("qk") == "validated":  # the pruner compares it with magnitude; the statistic is attention_kl
             criteria = {**criteria, "qk": "attention_kl"}
@@ -177,7 +178,7 @@ class SNPStatistics:
                 "logits",
             ):
                 self._qk_stats(
-                    stats, self.adapter.attention_scaling(idx), batch, tokens, self.adapter.attention_bias(idx)
+                    stats, self.adapter.attention_scaling(idx), batch, tokens, self.adapter.attention_bias(idx), idx
                 )
             stats.q = stats.k = None
             if self._qk_only:
@@ -207,22 +208,28 @@ class SNPStatistics:
             return tensor
         return tensor * self._mask.view(*self._mask.shape, *([1] * (tensor.dim() - 2))).to(tensor.dtype)
 
-    def _qk_stats(self, stats, scaling, batch, tokens, bias=None):
+    def _row_seeds(self, layer_idx: int, images: range) -> list[int]:
+        """Per image (by its index in the calibration data, so that batching does not matter) and layer."""
+        return [(self.seed * 1_000_003 + layer_idx) * 1_000_003 + i for i in images]
+
+    def _qk_stats(self, stats, scaling, batch, tokens, bias=None, layer_idx=0):
         d = stats.dims
         q = stats.q.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)  # (B, H, N, d)
         k = stats.k.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)
         if bias is not None:
             bias = bias.detach().float().to(q.device)
+        first = self.num_images  # index of the batch's first image (counted after the forward pass)
         if self._mask is None:
-            self._qk_stats_of(stats, scaling, q, k, bias)
+            self._qk_stats_of(stats, scaling, q, k, bias, self._row_seeds(layer_idx, range(first, first + batch)))
             return
         # padded batch: each sequence on its real tokens alone, as if it had been run by itself
         for b in range(batch):
             real = self._mask[b]
             b_bias = bias[:, real][:, :, real] if bias is not None else None
-            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real], b_bias)
+            seeds = self._row_seeds(layer_idx, range(first + b, first + b + 1))
+            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real], b_bias, seeds)
 
-    def _qk_stats_of(self, stats, scaling, q, k, bias=None):
+    def _qk_stats_of(self, stats, scaling, q, k, bias=None, row_seeds=None):
         crit = self.criteria["qk"]
         if crit == "qk_norm":
             stats.add("qk", (q.pow(2).sum(2).sqrt() * k.pow(2).sum(2).sqrt()).sum(0))
@@ -233,7 +240,8 @@ class SNPStatistics:
             kept = stats.qk_kept.to(q.device, q.dtype)[None, :, None, :]  # (1, H, 1, d)
             stats.add("qk", attention_change_scores(q * kept, k * kept, scaling, bias).sum(0))
         elif crit == "attention_kl":
-            stats.add("qk_gram", attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias).sum(0))
+            gram = attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds)
+            stats.add("qk_gram", gram.sum(0))
         elif crit == "logits":
             kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
             gram = (q.transpose(-1, -2) @ q) * (kc.transpose(-1, -2) @ kc)  # (B, H, d, d)
@@ -384,17 +392,32 @@ def _probs(q: torch.Tensor, k: torch.Tensor, scaling: float, bias: torch.Tensor 
 
 
 def attention_kl_gram(
-    q: torch.Tensor, k: torch.Tensor, scaling: float, max_queries: int | None = None, bias: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scaling: float,
+    max_queries: int | None = None,
+    bias: torch.Tensor | None = None,
+    row_seeds: list[int] | None = None,
 ):
     """M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) per head: 1_R^T M 1_R is twice the second-order KL of the
     attention rows when the pairs R are removed. q, k: (B, H, N, d); `bias` (H, N, N) is added to the logits. With
-    `max_queries`, an evenly spaced subset of that many query rows (scaled up to all N). Returns (B, H, d, d)."""
-    tokens = q.shape[-2]
+    `max_queries`, a subset of that many query rows per image (scaled up to all N): drawn at random, image b's from
+    `row_seeds[b]` (an unbiased estimate of the sum over all rows), else evenly spaced. Returns (B, H, d, d)."""
+    batch, heads, tokens, dim = q.shape
     scale = 1.0
     if max_queries is not None and tokens > max_queries:  # only the sampled rows' probabilities are computed
-        rows = torch.linspace(0, tokens - 1, max_queries, device=q.device).round().long()
-        q = q[..., rows, :]
-        bias = bias[..., rows, :] if bias is not None else None
+        if row_seeds is None:
+            rows = torch.linspace(0, tokens - 1, max_queries).round().long().expand(batch, max_queries)
+        else:
+            rows = torch.stack(
+                [
+                    torch.randperm(tokens, generator=torch.Generator().manual_seed(seed))[:max_queries].sort().values
+                    for seed in row_seeds
+                ]
+            )
+        rows = rows.to(q.device)
+        q = q.gather(2, rows[:, None, :, None].expand(batch, heads, max_queries, dim))
+        bias = bias[:, rows].transpose(0, 1) if bias is not None else None  # (B, H, T, N)
         scale = tokens / max_queries
     probs = _probs(q, k, scaling, bias)  # (B, H, T, N)
     mean_k = probs @ k  # (B, H, T, d): E_{A_t}[k]
@@ -508,7 +531,7 @@ def snp_scores(
 ) -> GroupScores:
     """Scores of `model` under `criteria` (group -> criterion name), calibrating on `batches` if needed."""
     data_free = all(c in ("magnitude", "random") for c in criteria.values())
-    stats = SNPStatistics(model, criteria, qk_rank)
+    stats = SNPStatistics(model, criteria, qk_rank, seed=seed)
     if not data_free:
         stats.run(batches, show_progress=show_progress)
     else:
