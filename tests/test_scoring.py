@@ -183,3 +183,18 @@ def test_attention_kl_gram_is_the_second_order_kl_of_the_attention_rows():
         assert kl == pytest.approx(0.5 * eps**2 * (removed @ gram[h] @ removed).item(), rel=1e-2)
     # the query subsample is an unbiased rescaling when every row is kept
     assert torch.allclose(attention_kl_gram(q, k, s, max_queries=6), attention_kl_gram(q, k, s))
+
+
+def test_attention_kl_gram_random_query_rows_estimate_all_rows_without_bias():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 12, 4, dtype=torch.float64), torch.randn(1, 2, 12, 4, dtype=torch.float64)
+    bias = torch.randn(2, 12, 12, dtype=torch.float64)
+    full = attention_kl_gram(q, k, 0.5, bias=bias)
+    # every 4-row subset is equally likely: the mean over many seeds converges to the all-rows statistic
+    mean = sum(attention_kl_gram(q, k, 0.5, 4, bias, row_seeds=[seed]) for seed in range(3000)) / 3000
+    assert torch.allclose(mean, full, rtol=0.05, atol=0.05 * float(full.abs().max()))
+    # one fixed evenly spaced subset is not the same estimate, and each image of a batch draws its own rows
+    assert not torch.allclose(attention_kl_gram(q, k, 0.5, 4, bias), full, rtol=0.05)
+    pair = attention_kl_gram(q.expand(2, -1, -1, -1), k.expand(2, -1, -1, -1), 0.5, 4, bias, row_seeds=[1, 2])
+    assert not torch.allclose(pair[0], pair[1])
+    assert torch.equal(pair[0], attention_kl_gram(q, k, 0.5, 4, bias, row_seeds=[1])[0])

@@ -54,9 +54,9 @@ def _col_sq_norms(weight: torch.Tensor, row_scale: torch.Tensor | None = None) -
     return weight.pow(2).sum(0)
 
 
-QUERY_SAMPLE = (
-    16  # query rows per image used by "attention_kl" (all of them when there are fewer); chosen on the tune models
-)
+# query rows per image used by "attention_kl" (all of them when there are fewer), drawn at random per image: on the
+# tune models 16 gave the same KL as all rows (within 0.004), at a quarter of the cost on DeiT-B (198 tokens)
+QUERY_SAMPLE = 16
 QK_ROUNDS = 3  # calibration passes of the "attention_iterative" query/key criterion
 
 
