@@ -168,7 +168,8 @@ class SNPPruner:
                 )
             if validate:
                 batches, held_out = split_batches(batches, num_samples)
-        scoring_criteria = {**criteria, "qk": "attention_kl"} if criteria["qk"] == "validated" else criteria
+        validated_qk = criteria["qk"] in ("validated", "validated_per_layer")
+        scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
         with cache if cache is not None else contextlib.nullcontext():
@@ -184,7 +185,7 @@ class SNPPruner:
 
         # query/key scores to choose among ('validated': SNP's second-order attention criterion, or weight magnitude)
         qk_variants = {criteria["qk"]: scores}
-        if criteria["qk"] == "validated":
+        if validated_qk:
             magnitude = scores_to_cpu(magnitude_scores(self.model))
             qk_variants = {
                 "attention_kl": scores,
@@ -199,8 +200,8 @@ class SNPPruner:
         source_dims = adapter.layer_dims()
         if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], source_dims, strict=True)):
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
-        # 'validated' query/key with the least-squares refit: chosen per layer inside the refit, on its error
-        local_qk = len(qk_variants) > 1 and config.reconstruct == "least_squares"
+        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
+        local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
         reference = None
         if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
             if not held_out and batches:
@@ -245,8 +246,7 @@ class SNPPruner:
             )
             if alternatives:
                 plan = chosen_plan(plan, alternatives, reconstruction)
-                plan.metadata["criteria"]["qk"] = "validated"
-                qk_name = "validated"
+                plan.metadata["criteria"]["qk"] = qk_name = "validated_per_layer"
             timing["reconstruction"] += time.perf_counter() - sliced
             divergence = None
             if reference is not None:
@@ -570,8 +570,8 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     if config.has_target and config.allocation == "validated":
         return True
     qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
-    # with the least-squares refit, the 'validated' query/key criterion is chosen per layer by the refit's error
-    return criteria["qk"] == "validated" and qk_pruned and config.reconstruct != "least_squares"
+    # ('validated_per_layer' is chosen inside the least-squares refit, on the calibration images)
+    return criteria["qk"] == "validated" and qk_pruned
 
 
 def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor], str]:

@@ -200,7 +200,10 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(mlp_ratio=[0.1, 1.2]), r"`mlp_ratio\[1\]` must be a fraction"),
         (dict(hidden_ratio=[0.1]), "`hidden_ratio` is model-wide"),
         (dict(criterion="l1"), "Unknown criterion 'l1'"),
-        (dict(criterion={"qk": "l1"}), r"Unknown qk criterion 'l1'; choose one of \['snp', 'validated', 'attention'"),
+        (
+            dict(criterion={"qk": "l1"}),
+            r"Unknown qk criterion 'l1'; choose one of \['snp', 'validated', 'validated_per_layer', 'attention'",
+        ),
         (dict(criterion={"attn": "snp"}), r"Unknown criterion group\(s\) \['attn'\]"),
         (dict(target_macs=1e6, target_macs_ratio=0.5), "either `target_macs`"),
         (dict(target_macs_ratio=1.5), "fraction of MACs to KEEP"),
@@ -304,7 +307,7 @@ def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, ke
 def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude_on_held_out_images(data):
     model = tiny_model("vit", seed=4)
     pruner = SNPPruner.from_pretrained(model)
-    # without the least-squares refit, the criterion is chosen on held-out images (per model)
+    # the criterion is chosen on held-out images, for the whole model (here with bias compensation)
     config = SNPConfig(
         qk_ratio=0.5, num_calibration_samples=16, num_validation_samples=16, batch_size=8, reconstruct="bias"
     )
@@ -338,15 +341,21 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
 
 
-def test_validated_query_key_criterion_is_chosen_per_layer_by_the_least_squares_refit(data):
+def test_validated_per_layer_query_key_criterion_is_chosen_by_the_least_squares_refit(data):
     model = tiny_model("vit", seed=4)
     pruner = SNPPruner.from_pretrained(model)
-    config = SNPConfig(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, batch_size=8)
+    config = SNPConfig(
+        qk_ratio=0.5,
+        mlp_ratio=0.3,
+        num_calibration_samples=16,
+        batch_size=8,
+        criterion={"qk": "validated_per_layer"},
+    )
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     # one candidate, no held-out pass
     assert len(pruner.report["allocation"]["candidates"]) == 1
     assert "num_validation_samples" not in pruner.report["allocation"]
-    assert pruner.plan.metadata["criteria"]["qk"] == "validated"
+    assert pruner.plan.metadata["criteria"]["qk"] == "validated_per_layer"
     layers = pruner.report["reconstruction"]["layers"]
     per_criterion = {}
     for qk in ("attention_kl", "magnitude"):
@@ -375,3 +384,5 @@ def test_validated_query_key_criterion_is_chosen_per_layer_by_the_least_squares_
     state = pruned.state_dict()
     for name in names:
         assert torch.equal(state[name], expected[name]), name
+    with pytest.raises(ValueError, match="validated_per_layer.*reconstruct='least_squares'"):
+        SNPConfig(criterion={"qk": "validated_per_layer"}, reconstruct="bias")

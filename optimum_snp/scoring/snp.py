@@ -82,7 +82,7 @@ class SNPStatistics:
         self.model = model
         self.seed = seed  # with the layer and the image's index, seeds the query rows "attention_kl" samples
         self.adapter = get_adapter(model)
-        if criteria.get("qk") == "validated":  # the pruner compares it with magnitude; the statistic is attention_kl
+        if criteria.get("qk") in ("validated", "validated_per_layer"):  # compared with magnitude: attention_kl
             criteria = {**criteria, "qk": "attention_kl"}
         self.criteria = criteria
         self.qk_rank = qk_rank
