@@ -37,7 +37,7 @@ CRITERIA = {
 # are not SNP's own criteria; there the weight magnitude measured better than the activation contribution.
 SNP_DEFAULTS = {
     # attention_kl or magnitude, whichever keeps the logits closer on held-out images (for the whole model; chosen per
-    # layer inside the least-squares refit, "validated_per_layer" needs one refit instead of two but lost 9-12 points
+    # layer inside the least-squares refit, "validated_per_layer" needs one refit instead of two but lost 8.9 points
     # to it on the report model digits-deit-s1 at 30% MACs: README "Recovery without retraining")
     "qk": "validated",
     "v": "contribution",
