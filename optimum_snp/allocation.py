@@ -98,9 +98,20 @@ def _total_cost(layer_cost: LayerCost, fixed_cost: float, dims: list[LayerDims])
 
 
 def _check_reachable(
-    config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost=None, fixed_cost=0.0
+    config,
+    architecture,
+    kept_hidden,
+    base_dims,
+    target_macs,
+    max_ratio,
+    round_to,
+    layer_cost=None,
+    fixed_cost=0.0,
+    allow_block_removal=False,
 ) -> None:
     floor_dims = _floor_dims(base_dims, max_ratio, round_to)
+    if allow_block_removal:  # every attention and MLP block may go: the floor is the model without them
+        floor_dims = [LayerDims(0, 0, 0, 0) for _ in base_dims]
     if layer_cost is not None:
         floor = _total_cost(layer_cost, fixed_cost, floor_dims)
         if target_macs < floor:
@@ -136,7 +147,15 @@ def uniform_dims(
     in every layer) lowered as far as the target allows, since per-head dims move in coarse steps. With
     `layer_cost`, sizes and the target are in its unit (see the module docstring)."""
     _check_reachable(
-        config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost, fixed_cost
+        config,
+        architecture,
+        kept_hidden,
+        base_dims,
+        target_macs,
+        max_ratio,
+        round_to,
+        layer_cost,
+        fixed_cost,
     )
 
     def keep(dim: int, ratio: float) -> int:
@@ -208,7 +227,16 @@ def allocate_dims(
     """
     d = kept_hidden
     _check_reachable(
-        config, architecture, kept_hidden, base_dims, target_macs, max_ratio, round_to, layer_cost, fixed_cost
+        config,
+        architecture,
+        kept_hidden,
+        base_dims,
+        target_macs,
+        max_ratio,
+        round_to,
+        layer_cost,
+        fixed_cost,
+        allow_block_removal,
     )
     if layer_cost is not None:
         start = _total_cost(layer_cost, fixed_cost, base_dims)

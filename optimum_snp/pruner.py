@@ -331,12 +331,26 @@ class SNPPruner:
         )
         if config.allocation == "uniform":
             return [("uniform", kept_hidden, uniform_dims(**common))]
+
+        def within_groups(name: str, allocate) -> list:
+            """[(name, hidden, dims)]; with block pruning allowed, [] when the target needs whole blocks removed
+            (the candidates with blocks reach it), so that only they are tried."""
+            try:
+                return [(name, kept_hidden, allocate())]
+            except ValueError:
+                if not config.block_pruning:
+                    raise
+                return []
+
         exponents = [config.macs_exponent] if config.allocation == "scores" else list(ALLOCATION_EXPONENTS)
-        candidates = [
-            (f"scores^{e:g}", kept_hidden, allocate_dims(scores, macs_exponent=e, **common)) for e in exponents
-        ]
+        candidates = []
+        if not (config.block_pruning and config.allocation == "scores"):
+            for e in exponents:
+                candidates += within_groups(
+                    f"scores^{e:g}", lambda e=e: allocate_dims(scores, macs_exponent=e, **common)
+                )
         if config.block_pruning:  # the same greedy, whole blocks allowed (alone with allocation='scores')
-            blocks = [
+            candidates += [
                 (
                     f"scores^{e:g}+blocks",
                     kept_hidden,
@@ -344,15 +358,14 @@ class SNPPruner:
                 )
                 for e in exponents
             ]
-            candidates = blocks if config.allocation == "scores" else candidates + blocks
         if config.allocation == "validated":
             # the same greedy on weight-magnitude scores: they put the cuts elsewhere, which the refit may absorb better
             magnitude = scores_to_cpu(magnitude_scores(self.model))
-            candidates += [
-                (f"magnitude-scores^{e:g}", kept_hidden, allocate_dims(magnitude, macs_exponent=e, **common))
-                for e in exponents
-            ]
-            candidates.insert(0, ("uniform", kept_hidden, uniform_dims(**common)))
+            for e in exponents:
+                candidates += within_groups(
+                    f"magnitude-scores^{e:g}", lambda e=e: allocate_dims(magnitude, macs_exponent=e, **common)
+                )
+            candidates = within_groups("uniform", lambda: uniform_dims(**common)) + candidates
             unique = {}
             for name, hidden, dims in candidates:  # the same dims under two names are tried once
                 unique.setdefault(tuple(dims), (name, hidden, dims))
