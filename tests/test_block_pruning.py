@@ -212,13 +212,14 @@ def test_a_target_below_the_within_group_floor_is_reached_by_removing_blocks(dig
 
     model = tiny_model("vit", seed=9, num_labels=10)
     pruner = SNPPruner(model, image_processor=ViTImageProcessor(size={"height": 32, "width": 32}))
-    common = dict(target_macs_ratio=0.08, num_calibration_samples=16, num_validation_samples=8, allocation=allocation)
+    # (this model: 28% of its MACs at the within-group floor, 19% with every block removed)
+    common = dict(target_macs_ratio=0.23, num_calibration_samples=16, num_validation_samples=8, allocation=allocation)
     # removing at most 90% of every group cannot get there ...
     with pytest.raises(ValueError, match="below .* the least this model reaches"):
         pruner.prune(SNPConfig(**common), calibration_dataset=digits, show_progress=False)
     # ... removing whole blocks can: only the candidates that remove blocks are tried
     pruned = pruner.prune(SNPConfig(**common, block_pruning=True), calibration_dataset=digits, show_progress=False)
-    assert model_size_of(pruned).macs <= 0.08 * model_size_of(model).macs
+    assert model_size_of(pruned).macs <= 0.23 * model_size_of(model).macs
     dims = get_adapter(pruned).layer_dims()
     assert any(not d.has_attention or not d.has_mlp for d in dims)
     tried = [c["allocation"] for c in pruner.report["allocation"]["candidates"]]
