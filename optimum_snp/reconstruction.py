@@ -33,6 +33,7 @@ from torch import nn
 from .adapters import get_adapter
 from .config import RECONSTRUCT_MODES, check_reconstruct
 from .plan import PruningPlan
+from .slicing import sliced_parameters
 
 
 class _Stop(Exception):
@@ -504,8 +505,6 @@ def _differ_in_qk(alternatives: dict[str, PruningPlan], idx: int) -> bool:
 def _choose_qk(original, pruned, adapter_o, alternatives, idx, layer_p, proj, inputs_p, targets, masks, ridge, entry):
     """Puts each alternative's query/key rows of layer `idx` in the pruned layer, refits `proj` (the attention's
     output projection) and keeps the rows with the lowest error after the refit; returns that refit's statistics."""
-    from .slicing import sliced_parameters
-
     names = [name for name, _ in adapter_o.layer_groups(idx)["qk"]]
     params = {name: pruned.get_parameter(name) for name in names}
     errors, best = {}, None
