@@ -403,7 +403,7 @@ class SNPPruner:
     def _calibrate_latency(self, config: SNPConfig, ratios: PruningRatios, scores, max_rounds: int = 3) -> None:
         """Allocates with the latency model, builds the pruned model (sliced, no refit: latency depends on the dims
         only), measures it interleaved with the unpruned one, and while it misses the target by more than
-        LATENCY_ACCEPT (2.5%: half the 5% the issue allows, since a re-measurement moves by a few percent) scales
+        LATENCY_ACCEPT (2.5%: aiming inside a 5% band, since a re-measurement moves by a few percent) scales
         the internal target by target / measured and allocates again (`max_rounds` rounds at most). The round that
         came closest sets the internal target every candidate allocation then uses. The measured model is the first
         candidate allocated from SNP's scores ('scores^e'), or the only one ('uniform')."""
