@@ -509,14 +509,15 @@ def _choose_qk(original, pruned, adapter_o, alternatives, idx, layer_p, proj, in
     params = {name: pruned.get_parameter(name) for name in names}
     errors, best = {}, None
     for alt_name, alt in alternatives.items():
-        for name, tensor in sliced_parameters(original, alt, names).items():
+        tensors = sliced_parameters(original, alt, names)
+        for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))
         stats, _ = _projection_stats(layer_p, proj, inputs_p, targets, masks=masks)
         weight, bias = stats.solve(proj.weight, proj.bias, ridge)
         errors[alt_name] = stats.error(weight, bias)
         if best is None or errors[alt_name] < errors[best[0]]:
-            best = (alt_name, stats)
-    for name, tensor in sliced_parameters(original, alternatives[best[0]], names).items():
+            best = (alt_name, stats, tensors)
+    for name, tensor in best[2].items():  # the chosen rows back in the layer
         params[name].copy_(tensor.to(params[name].dtype))
     entry["qk_criterion"] = best[0]
     entry["qk_mse"] = errors

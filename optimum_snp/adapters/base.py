@@ -296,6 +296,17 @@ class ArchitectureAdapter:
             f'model = {auto}.from_pretrained("{name}")  # or trust_remote_code=True without optimum-snp'
         )
 
+    @classmethod
+    def _card_snippet_with_preprocessor(cls, class_name: str, name: str, auto_preprocessor: str, variable: str) -> str:
+        """The card snippet of a model that comes with a preprocessor (`AutoImageProcessor`, `AutoTokenizer`)."""
+        auto = cls.auto_class_name(class_name)
+        return (
+            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
+            f"from transformers import {auto_preprocessor}, {auto}\n\n"
+            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
+            f'{variable} = {auto_preprocessor}.from_pretrained("{name}")'
+        )
+
 
 class ImageAdapterMixin:
     """What image adapters share: the image processor (the checkpoint's, or derived from the config), one
@@ -314,13 +325,7 @@ class ImageAdapterMixin:
 
     @classmethod
     def card_snippet(cls, class_name: str, name: str) -> str:
-        auto = cls.auto_class_name(class_name)
-        return (
-            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
-            f"from transformers import AutoImageProcessor, {auto}\n\n"
-            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
-            f'image_processor = AutoImageProcessor.from_pretrained("{name}")'
-        )
+        return cls._card_snippet_with_preprocessor(class_name, name, "AutoImageProcessor", "image_processor")
 
 
 __all__ = ["PER_LAYER_FIELDS", "ArchitectureAdapter", "ImageAdapterMixin"]

@@ -103,13 +103,7 @@ class TextEncoderAdapter(ArchitectureAdapter):
 
     @classmethod
     def card_snippet(cls, class_name: str, name: str) -> str:
-        auto = cls.auto_class_name(class_name)
-        return (
-            "import optimum_snp  # registers the SNP model classes with the transformers Auto classes\n"
-            f"from transformers import AutoTokenizer, {auto}\n\n"
-            f'model = {auto}.from_pretrained("{name}")  # the Hub repo id or the local folder\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
-        )
+        return cls._card_snippet_with_preprocessor(class_name, name, "AutoTokenizer", "tokenizer")
 
 
 __all__ = ["DEFAULT_SEQUENCE_LENGTH", "TextEncoderAdapter", "text_snp_classes"]
