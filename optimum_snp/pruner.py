@@ -172,7 +172,14 @@ class SNPPruner:
         scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
-        with cache if cache is not None else contextlib.nullcontext():
+        # with no images left to hold out, candidates are compared on the calibration images: the unpruned model's
+        # outputs on them are recorded during the scoring pass instead of running the model again
+        recorder = (
+            _OutputRecorder(self.model, len(batches))
+            if batches and not held_out and _has_choices(config, criteria)
+            else None
+        )
+        with cache if cache is not None else contextlib.nullcontext(), recorder or contextlib.nullcontext():
             scores = snp_scores(
                 self.model,
                 batches,
@@ -219,7 +226,10 @@ class SNPPruner:
                     "images; pass `calibration_dataset`, or use allocation='scores' or 'uniform' and "
                     "criterion='magnitude'."
                 )
-            reference = _outputs(self.model, held_out)
+            if recorder is not None and held_out is batches and recorder.complete:
+                reference = recorder.rows(get_adapter(self.model), batches)
+            else:
+                reference = _outputs(self.model, held_out)
         tried, timing = [], {"reconstruction": 0.0}
 
         def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
@@ -601,6 +611,37 @@ def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor]
     if rows.dim() == 3:
         rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
     return [rows], kind
+
+
+class _OutputRecorder:
+    """The model's outputs (logits, or a base model's last hidden state) of its first `num_batches` forward passes,
+    recorded by a forward hook during a pass the caller runs anyway (the scoring pass)."""
+
+    def __init__(self, model: nn.Module, num_batches: int):
+        self.model, self.num_batches, self.outputs, self._handle = model, num_batches, [], None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.outputs) == self.num_batches
+
+    def _record(self, module, args, output) -> None:
+        if len(self.outputs) < self.num_batches:
+            self.outputs.append(output)
+
+    def __enter__(self) -> _OutputRecorder:
+        self._handle = self.model.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def rows(self, adapter, batches: list) -> tuple[list[torch.Tensor], str]:
+        """What `_outputs(model, batches)` returns, from the recorded outputs of the same batches."""
+        groups, kind = [], "logits"
+        for output, batch in zip(self.outputs, batches, strict=True):
+            rows, kind = _output_rows(output, adapter.token_mask(batch))
+            groups += [r.detach().float() for r in rows]
+        return groups, kind
 
 
 @torch.no_grad()

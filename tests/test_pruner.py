@@ -341,6 +341,35 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
 
 
+@pytest.mark.parametrize("kind", ["vit", "deit"])
+def test_without_held_out_images_the_reference_outputs_come_from_the_scoring_pass(kind, monkeypatch):
+    import optimum_snp.pruner as pruner_module
+
+    model = tiny_model(kind, seed=4)
+    data = digits(16)  # fewer images than num_calibration_samples: none left to hold out
+    config = SNPConfig(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, batch_size=8, reconstruct="bias")
+    calls = {"reference": 0}
+    original_outputs = pruner_module._outputs
+
+    def counting(m, batches):
+        calls["reference"] += m is model
+        return original_outputs(m, batches)
+
+    monkeypatch.setattr(pruner_module, "_outputs", counting)
+    runs = {}
+    for recorded in (True, False):
+        if not recorded:  # the same choice with the reference computed by running the unpruned model again
+            monkeypatch.setattr(pruner_module._OutputRecorder, "complete", property(lambda self: False))
+        pruner = SNPPruner.from_pretrained(model)
+        with pytest.warns(UserWarning, match="left to hold out"):
+            pruner.prune(config, calibration_dataset=data, show_progress=False)
+        runs[recorded] = (pruner.report["allocation"]["candidates"], calls["reference"])
+        calls["reference"] = 0
+    assert [c["qk_criterion"] for c in runs[True][0]] == ["attention_kl", "magnitude"]
+    assert runs[True][0] == runs[False][0]  # same divergences, to the bit
+    assert (runs[True][1], runs[False][1]) == (0, 1)
+
+
 def test_validated_per_layer_query_key_criterion_is_chosen_by_the_least_squares_refit(data):
     model = tiny_model("vit", seed=4)
     pruner = SNPPruner.from_pretrained(model)
