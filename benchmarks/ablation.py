@@ -14,6 +14,7 @@ Tables:
     before   the previous defaults (qk=attention, allocation by scores, no reconstruction) against today's
     goals    the shipped default against the goals of issue 9, per model
     rounding the default rounding of kept dims (multiples of 8, for speed) against none
+    refit    what the least-squares refit matches: each projection's output, or its sum with the residual
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/ablation.py --tables qk ridge --models tune
@@ -236,6 +237,20 @@ def rounding_table(benches: list[Bench]) -> None:
     print()
 
 
+def refit_table(benches: list[Bench]) -> None:
+    """refit_target 'output' vs 'residual', everything else default, zero-shot top-1 / KL."""
+    header = ["model", "unpruned"] + [f"{k:.0%} MACs: {t}" for k in (0.5, 0.3) for t in ("output", "residual")]
+    table("Refit target: the projection's output vs its sum with the residual (top-1 zero-shot / logit KL)", header)
+    for bench in benches:
+        cells = [bench.label, f"{bench.evaluator.top1:.1%}"]
+        for keep in (0.5, 0.3):
+            for target in ("output", "residual"):
+                result = bench.run(target_macs_ratio=keep, refit_target=target)
+                cells.append(cell(result) + choice(result))
+        row(cells)
+    print()
+
+
 def before_table(benches: list[Bench]) -> None:
     """The defaults before reconstruction and validated choices (qk=attention, allocation by scores / MACs^0.25, no
     refit) against today's, zero-shot top-1 / KL."""
@@ -278,6 +293,7 @@ def main(argv=None) -> int:
         "groups": groups_table,
         "before": before_table,
         "rounding": rounding_table,
+        "refit": refit_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]

@@ -45,6 +45,10 @@ VARIANTS = {
     "ridge=0.1": {"ridge": 0.1},
     "ridge=0.3": {"ridge": 0.3},
     "ridge=1": {"ridge": 1.0},
+    "output": {"refit_target": "output"},
+    "residual": {"refit_target": "residual"},
+    "cv": {"ridge": "cv"},
+    "residual+cv": {"refit_target": "residual", "ridge": "cv"},
 }
 
 

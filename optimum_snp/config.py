@@ -54,17 +54,23 @@ ALLOCATIONS = ("validated", "scores", "uniform")
 ALLOCATION_EXPONENTS = (0.0, 0.5)
 
 
+REFIT_TARGETS = ("output", "residual")
+# ridge="cv": the ridges tried per projection, and the folds (of calibration batches) they are compared on
+RIDGE_GRID = (1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 3.0)
+CV_FOLDS = 4
+
+
 def check_reconstruct(mode: str, ridge: float | None) -> None:
     """Validates the reconstruction options (`SNPConfig.reconstruct` / `ridge`; `ridge=None`: the architecture's
     default)."""
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"Unknown `reconstruct` mode {mode!r}; choose one of {list(RECONSTRUCT_MODES)}.")
-    if ridge is None:
+    if ridge is None or ridge == "cv":
         return
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ValueError(
-            f"`ridge` must be a number >= 0 (relative to the mean of diag(X^T X); 0 = plain least squares), "
-            f"got {ridge!r}."
+            f"`ridge` must be a number >= 0 (relative to the mean of diag(X^T X); 0 = plain least squares) or 'cv' "
+            f"(chosen per projection by cross-validation over calibration batches), got {ridge!r}."
         )
 
 
@@ -162,11 +168,20 @@ class SNPConfig:
             "fc2 of every layer, sequentially), 'bias' (removed units' mean folded into the bias) or 'none'."
         },
     )
-    ridge: float | None = field(
+    ridge: float | str | None = field(
         default=None,
         metadata={
             "help": "Ridge of the least-squares refit towards the sliced weights, relative to the mean of diag(X^T X); "
-            ">= 0. None: the architecture's default (measured: 1e-3 for ViT/DeiT, 0.3 for text encoders)."
+            ">= 0, or 'cv': chosen per projection among RIDGE_GRID by 4-fold cross-validation over the calibration "
+            "batches. None: the architecture's default (measured: 1e-3 for ViT/DeiT, 0.3 for text encoders)."
+        },
+    )
+    refit_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the least-squares refit matches: 'output' (each projection's output in the unpruned model) "
+            "or 'residual' (the projection's output plus the residual it is added to, so the refit also absorbs the "
+            "drift of earlier layers). None: the architecture's default."
         },
     )
     num_calibration_samples: int | None = field(
@@ -243,6 +258,11 @@ class SNPConfig:
         if not 0.0 < self.max_allocated_ratio < 1.0:
             raise ValueError(f"`max_allocated_ratio` must be in (0, 1), got {self.max_allocated_ratio!r}.")
         check_reconstruct(self.reconstruct, self.ridge)
+        if self.refit_target is not None and self.refit_target not in REFIT_TARGETS:
+            raise ValueError(
+                f"Unknown `refit_target` {self.refit_target!r}; choose one of {list(REFIT_TARGETS)} or None (the "
+                "architecture's default)."
+            )
         if not isinstance(self.block_pruning, bool):
             raise ValueError(f"`block_pruning` must be True or False, got {self.block_pruning!r}.")
         for name in ("remove_attention", "remove_mlp"):

@@ -171,7 +171,11 @@ class SNPPruner:
         validated_qk = criteria["qk"] in ("validated", "validated_per_layer")
         scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
-        cache = TargetCache(self.model, len(batches)) if config.reconstruct == "least_squares" and batches else None
+        cache = (
+            TargetCache(self.model, len(batches), config.refit_target)
+            if config.reconstruct == "least_squares" and batches
+            else None
+        )
         # with no images left to hold out, candidates are compared on the calibration images: the unpruned model's
         # outputs on them are recorded during the scoring pass instead of running the model again
         recorder = (
@@ -253,6 +257,7 @@ class SNPPruner:
                 show_progress=show_progress and reference is None,
                 cache=cache,
                 qk_alternatives=alternatives,
+                refit_target=config.refit_target,
             )
             if alternatives:
                 plan = chosen_plan(plan, alternatives, reconstruction)

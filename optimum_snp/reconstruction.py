@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .adapters import get_adapter
-from .config import RECONSTRUCT_MODES, check_reconstruct
+from .config import CV_FOLDS, RECONSTRUCT_MODES, REFIT_TARGETS, RIDGE_GRID, check_reconstruct
 from .plan import PruningPlan
 from .slicing import sliced_parameters
 
@@ -50,9 +50,12 @@ class ProjectionStats:
     y_sum: torch.Tensor
     y_sq: torch.Tensor
     rows: int = 0
+    # with cross-validation (ridge='cv'): the same sums per fold; batch i goes to fold i % len(folds)
+    folds: list[ProjectionStats] | None = None
+    batches: int = 0
 
     @classmethod
-    def empty(cls, in_features: int, out_features: int, device=None) -> ProjectionStats:
+    def empty(cls, in_features: int, out_features: int, device=None, folds: int = 0) -> ProjectionStats:
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         return cls(
             zeros(in_features, in_features),
@@ -60,6 +63,7 @@ class ProjectionStats:
             zeros(in_features),
             zeros(out_features),
             zeros(()),
+            folds=[cls.empty(in_features, out_features, device) for _ in range(folds)] if folds > 1 else None,
         )
 
     def add(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
@@ -69,15 +73,53 @@ class ProjectionStats:
             x, y = x[mask], y[mask]
         x = x.detach().reshape(-1, x.shape[-1]).float()
         y = y.detach().reshape(-1, y.shape[-1]).float()
-        self.xtx += (x.T @ x).double()
-        self.xty += (x.T @ y).double()
-        self.x_sum += x.sum(0).double()
-        self.y_sum += y.sum(0).double()
-        self.y_sq += y.square().sum().double()  # float32 pairwise sum per batch, float64 across batches
-        self.rows += x.shape[0]
+        # float32 products (pairwise sums) per batch, float64 across batches
+        sums = (
+            (x.T @ x).double(),
+            (x.T @ y).double(),
+            x.sum(0).double(),
+            y.sum(0).double(),
+            y.square().sum().double(),
+        )
+        targets = [self] + ([self.folds[self.batches % len(self.folds)]] if self.folds else [])
+        for stats in targets:
+            for total, value in zip((stats.xtx, stats.xty, stats.x_sum, stats.y_sum, stats.y_sq), sums, strict=True):
+                total += value
+            stats.rows += x.shape[0]
+        self.batches += 1
+
+    def without(self, fold: ProjectionStats) -> ProjectionStats:
+        """The sums of every row but `fold`'s."""
+        return ProjectionStats(
+            self.xtx - fold.xtx,
+            self.xty - fold.xty,
+            self.x_sum - fold.x_sum,
+            self.y_sum - fold.y_sum,
+            self.y_sq - fold.y_sq,
+            self.rows - fold.rows,
+        )
+
+    def cv_ridge(self, weight: torch.Tensor, bias: torch.Tensor | None, grid=RIDGE_GRID) -> tuple[float, dict]:
+        """The ridge of `grid` with the lowest held-out error, summed over the folds (each fitted on the others), and
+        every ridge's error per row. Needs `folds` with rows in at least two of them."""
+        folds = [fold for fold in self.folds or [] if fold.rows]
+        if len(folds) < 2:
+            raise ValueError(
+                f"ridge='cv' needs calibration data in at least 2 batches (got {self.batches}); use more calibration "
+                "samples, a smaller batch_size, or a number for `ridge`."
+            )
+        errors = {}
+        for ridge in grid:
+            total = 0.0
+            for fold in folds:
+                w, b = self.without(fold).solve(weight, bias, ridge)
+                total += fold.error(w, b) * fold.rows
+            errors[ridge] = total / self.rows
+        return min(grid, key=errors.get), errors
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.xtx, self.xty, self.x_sum, self.y_sum, self.y_sq))
+        own = sum(t.numel() * t.element_size() for t in (self.xtx, self.xty, self.x_sum, self.y_sum, self.y_sq))
+        return own + sum(fold.nbytes() for fold in self.folds or [])
 
     def error(self, weight: torch.Tensor, bias: torch.Tensor | None) -> float:
         """Mean squared error per row of `X W^T + b` against `Y`, from the sums alone."""
@@ -141,9 +183,41 @@ def _layer_inputs(model: nn.Module, adapter, batches) -> list[tuple[torch.Tensor
     return cached
 
 
-def _run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-    out = layer(hidden, *args, **kwargs)
+def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    return _first(layer(hidden, *args, **kwargs))
+
+
+def check_refit_target(refit_target: str | None, adapter) -> str:
+    """The refit target to use (`SNPConfig.refit_target`; None: the architecture's default)."""
+    if refit_target is None:
+        return adapter.default_refit_target
+    if refit_target not in REFIT_TARGETS:
+        raise ValueError(f"Unknown `refit_target` {refit_target!r}; choose one of {list(REFIT_TARGETS)} or None.")
+    return refit_target
+
+
+def _sum_point(adapter, idx: int, key: str, refit_target: str):
+    """Where layer `idx` of the adapter's model holds `key`'s output plus the residual it is added to (a module whose
+    first input that is, or "output": the layer's output), for refit_target='residual'; None: the refit target is
+    `key`'s own output."""
+    if refit_target != "residual" or key not in adapter.residual_sums:
+        return None
+    where = adapter.residual_sums[key]
+    return "output" if where == "output" else adapter.layer_modules(idx).get(where, "output")
+
+
+def _record_target(adapter, idx: int, key: str, refit_target: str, hook):
+    """Registers `hook(module, inputs[, output])` where the unpruned model's refit target of `key` appears."""
+    point = _sum_point(adapter, idx, key, refit_target)
+    if point is None:
+        return adapter.layer_modules(idx)[key].register_forward_hook(hook)
+    if point == "output":
+        return adapter.layer(idx).register_forward_hook(hook)
+    return point.register_forward_pre_hook(hook)
 
 
 def _kept_inputs(plan: PruningPlan, idx: int, group: str, source_dims) -> list[int]:
@@ -167,10 +241,11 @@ class TargetCache:
         reconstruct(model, pruned, plan, batches, cache=cache)
     """
 
-    def __init__(self, model: nn.Module, num_batches: int):
+    def __init__(self, model: nn.Module, num_batches: int, refit_target: str | None = None):
         self.adapter = get_adapter(model)
         self.model = model
         self.num_batches = num_batches
+        self.refit_target = check_refit_target(refit_target, self.adapter)
         self.keys = [
             [key for key, _ in self.adapter.reconstruction_targets(idx)] for idx in range(self.adapter.num_layers)
         ]
@@ -185,17 +260,17 @@ class TargetCache:
         return all(len(per_key) == self.num_batches for layer in self.outputs for per_key in layer.values())
 
     def _record(self, idx: int, key: str):
-        def hook(module, inputs, output):
+        def hook(module, inputs, output=None):
             store = self.outputs[idx][key]
             if len(store) < self.num_batches:
-                store.append(output.detach())
+                store.append((inputs[0] if output is None else _first(output)).detach())
 
         return hook
 
     def __enter__(self) -> TargetCache:
         for idx in range(self.adapter.num_layers):
-            modules = self.adapter.layer_modules(idx)
-            self._handles += [modules[key].register_forward_hook(self._record(idx, key)) for key in self.keys[idx]]
+            for key in self.keys[idx]:
+                self._handles.append(_record_target(self.adapter, idx, key, self.refit_target, self._record(idx, key)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -231,10 +306,14 @@ def reconstruct(
     show_progress: bool = True,
     cache: TargetCache | None = None,
     qk_alternatives: dict[str, PruningPlan] | None = None,
+    refit_target: str | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
     `ridge`: None = the architecture's default (`default_ridge` of its adapter).
+    `refit_target` (least squares): 'output' fits each projection to the unpruned projection's output; 'residual'
+    fits `proj(x) + residual` to the unpruned model's sum at the same place (the drift of the residual stream from
+    earlier layers is absorbed too). None = the architecture's default (`default_refit_target`).
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
     `qk_alternatives`: plans that differ from `plan` only in the query/key dims each kept head keeps (e.g. chosen by
@@ -249,6 +328,7 @@ def reconstruct(
     check_reconstruct(mode, ridge)
     if ridge is None:
         ridge = get_adapter(pruned).default_ridge
+    refit_target = check_refit_target(refit_target, get_adapter(pruned))
     if qk_alternatives and mode != "least_squares":
         raise ValueError(
             f"qk_alternatives are chosen by the least-squares refit's error; got reconstruct={mode!r}. Compare the "
@@ -278,6 +358,11 @@ def reconstruct(
                 f"The target cache holds {cache.num_batches} batches but {len(batches)} were given; build it on the "
                 "same calibration batches."
             )
+        if cache is not None and cache.refit_target != refit_target:
+            raise ValueError(
+                f"The target cache holds refit_target={cache.refit_target!r} targets but refit_target={refit_target!r} "
+                "was asked; build it with the same refit_target."
+            )
         if qk_alternatives:
             alternatives = {name: alt.normalized() for name, alt in qk_alternatives.items()}
             for name, alt in alternatives.items():
@@ -306,6 +391,7 @@ def reconstruct(
             show_progress,
             cache,
             alternatives,
+            refit_target,
         )
     finally:
         original.train(was_training[0])
@@ -368,15 +454,20 @@ def _select(output: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
     return output[..., hidden.to(output.device)]  # 2.4x faster than index_select on the last dim
 
 
-def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tensor):
-    """Runs an unpruned layer on every cached input; returns the next layer's inputs and, per projection key, the
-    projection's output restricted to the kept hidden channels (one tensor per batch)."""
-    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
+def _unpruned_layer_pass(adapter, idx: int, keys: list, inputs: list, hidden: torch.Tensor, refit_target: str):
+    """Runs an unpruned layer on every cached input; returns the next layer's inputs and, per projection key, its
+    refit target (the projection's output, or with refit_target='residual' its sum with the residual) restricted to
+    the kept hidden channels (one tensor per batch)."""
+    layer = adapter.layer(idx)
+    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
 
     def record(key):
-        return lambda module, inp, out: outputs[key].append(_select(out.detach(), hidden))
+        def hook(module, inp, out=None):
+            outputs[key].append(_select((inp[0] if out is None else _first(out)).detach(), hidden))
 
-    handles = [module.register_forward_hook(record(key)) for key, module in modules.items()]
+        return hook
+
+    handles = [_record_target(adapter, idx, key, refit_target, record(key)) for key in keys]
     try:
         next_inputs = [(_run_layer(layer, h, a, kw), a, kw) for h, a, kw in inputs]
     finally:
@@ -386,24 +477,43 @@ def _unpruned_layer_pass(layer, modules: dict, inputs: list, hidden: torch.Tenso
 
 
 def _projection_stats(
-    layer, proj: nn.Linear, inputs: list, targets: list[torch.Tensor], keep: bool = False, masks: list | None = None
+    layer,
+    proj: nn.Linear,
+    inputs: list,
+    targets: list[torch.Tensor],
+    keep: bool = False,
+    masks: list | None = None,
+    sum_point=None,
+    folds: int = 0,
 ) -> tuple[ProjectionStats, list]:
     """Statistics of `proj`'s input in the pruned `layer` against the targets. The layer runs up to `proj` only;
     with `keep` (for a projection whose output is simply added to the layer's output), it runs to the end with
     `proj`'s output replaced by zeros, and each batch's (proj input, layer output without proj) is returned too: the
-    layer's output after the refit is that plus the refit `proj(input)`, with no second product by the old weights."""
-    stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device)
+    layer's output after the refit is that plus the refit `proj(input)`, with no second product by the old weights.
+
+    With `sum_point` (refit_target='residual'; a module whose first input is `proj(x) + residual`, or "output": the
+    layer's output), the targets are the unpruned model's sums there, and `proj` is fitted to the target minus the
+    pruned layer's residual (read at the sum point while `proj` outputs zeros): the sum then matches the unpruned
+    model's, so the refit also absorbs the drift from earlier layers."""
+    stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device, folds=folds)
     current = {"target": None, "input": None, "mask": None}
 
     def capture(inp, *args, **kwargs):
-        stats.add(inp, current["target"], current["mask"])
+        current["input"] = inp.detach()
+        if sum_point is None:
+            stats.add(inp, current["target"], current["mask"])
+            if not keep:
+                raise _Stop
+        return inp.new_zeros(*inp.shape[:-1], proj.out_features)
+
+    def at_sum(module, args):  # the sum point's input is the residual alone: proj's output is zero
+        stats.add(current["input"], current["target"] - args[0], current["mask"])
         if not keep:
             raise _Stop
-        current["input"] = inp.detach()
-        return inp.new_zeros(*inp.shape[:-1], proj.out_features)
 
     kept = []
     proj.forward = capture  # the instance attribute shadows nn.Linear.forward while the layer runs
+    handle = sum_point.register_forward_pre_hook(at_sum) if isinstance(sum_point, nn.Module) else None
     try:
         for (h, a, kw), target, mask in zip(inputs, targets, masks or [None] * len(inputs), strict=True):
             current["target"], current["mask"] = target, mask
@@ -411,10 +521,24 @@ def _projection_stats(
                 out = _run_layer(layer, h, a, kw)
             except _Stop:
                 continue
+            if sum_point == "output":
+                stats.add(current["input"], target - out, mask)
+                if not keep:
+                    continue
             kept.append((current["input"], out))
     finally:
         del proj.forward
+        if handle is not None:
+            handle.remove()
     return stats, kept
+
+
+def _refit(stats: ProjectionStats, proj: nn.Linear, ridge) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """(weight, bias, the ridge used) of `proj`'s refit; ridge='cv' chooses it by cross-validation over the folds."""
+    if ridge == "cv":
+        ridge, _ = stats.cv_ridge(proj.weight, proj.bias)
+    weight, bias = stats.solve(proj.weight, proj.bias, ridge)
+    return weight, bias, ridge
 
 
 def _least_squares(
@@ -430,6 +554,7 @@ def _least_squares(
     show_progress,
     cache=None,
     alternatives=None,
+    refit_target="output",
 ):
     from tqdm.auto import tqdm
 
@@ -438,18 +563,17 @@ def _least_squares(
         cache.fill(batches)
     inputs_p = _layer_inputs(pruned, adapter_p, batches)
     masks = [adapter_p.token_mask(batch) for batch in batches]
+    folds = CV_FOLDS if ridge == "cv" else 0
     layers = []
     stats_bytes = 0
     progress = tqdm(range(adapter_o.num_layers), desc="SNP reconstruction", unit="layer", disable=not show_progress)
     for idx in progress:
         layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
-        mods_o = adapter_o.layer_modules(idx)
         # the pruned layer's targets: a block removed whole (block pruning) has nothing left to refit
         keys = [key for key, _ in adapter_p.reconstruction_targets(idx)]
+        sums = {key: _sum_point(adapter_p, idx, key, refit_target) for key in keys}
         if cache is None:
-            next_o, outputs = _unpruned_layer_pass(
-                adapter_o.layer(idx), {k: mods_o[k] for k in keys}, inputs_o, hidden
-            )
+            next_o, outputs = _unpruned_layer_pass(adapter_o, idx, keys, inputs_o, hidden, refit_target)
         else:
             next_o = None
             outputs = {k: [_select(o, hidden) for o in cache.outputs[idx][k]] for k in keys}
@@ -469,6 +593,8 @@ def _least_squares(
                 masks,
                 ridge,
                 entry,
+                sums[keys[0]],
+                folds,
             )
         next_p = None
         for key in keys:  # in forward order: each refit sees the refit projections before it
@@ -480,13 +606,17 @@ def _least_squares(
             if chosen_stats is not None and key == keys[0] and not additive:
                 stats, kept = chosen_stats, []  # computed while choosing the query/key rows
             else:
-                stats, kept = _projection_stats(layer_p, proj, inputs_p, targets, keep=additive, masks=masks)
+                stats, kept = _projection_stats(
+                    layer_p, proj, inputs_p, targets, keep=additive, masks=masks, sum_point=sums[key], folds=folds
+                )
             before = stats.error(proj.weight, proj.bias)
-            weight, bias = stats.solve(proj.weight, proj.bias, ridge)
+            weight, bias, used = _refit(stats, proj, ridge)
             proj.weight.copy_(weight.to(proj.weight.dtype))
             if bias is not None:
                 proj.bias.copy_(bias.to(proj.bias.dtype))
             entry[key] = {"mse_before": before, "mse_after": stats.error(proj.weight, proj.bias), "rows": stats.rows}
+            if ridge == "cv":
+                entry[key]["ridge"] = used
             stats_bytes = max(stats_bytes, stats.nbytes())
             if additive:  # the layer's output without `proj`, plus the refit `proj`
                 next_p = [(out + proj(x), a, kw) for (x, out), (_, a, kw) in zip(kept, inputs_p, strict=True)]
@@ -495,14 +625,35 @@ def _least_squares(
             next_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
         inputs_p = next_p
         inputs_o = next_o
-    return {"mode": "least_squares", "ridge": ridge, "layers": layers, "stats_bytes": stats_bytes}
+    return {
+        "mode": "least_squares",
+        "ridge": ridge,
+        "refit_target": refit_target,
+        "layers": layers,
+        "stats_bytes": stats_bytes,
+    }
 
 
 def _differ_in_qk(alternatives: dict[str, PruningPlan], idx: int) -> bool:
     return len({str(alt.layers[idx].qk) for alt in alternatives.values()}) > 1
 
 
-def _choose_qk(original, pruned, adapter_o, alternatives, idx, layer_p, proj, inputs_p, targets, masks, ridge, entry):
+def _choose_qk(
+    original,
+    pruned,
+    adapter_o,
+    alternatives,
+    idx,
+    layer_p,
+    proj,
+    inputs_p,
+    targets,
+    masks,
+    ridge,
+    entry,
+    sum_point,
+    folds,
+):
     """Puts each alternative's query/key rows of layer `idx` in the pruned layer, refits `proj` (the attention's
     output projection) and keeps the rows with the lowest error after the refit; returns that refit's statistics."""
     names = [name for name, _ in adapter_o.layer_groups(idx)["qk"]]
@@ -512,8 +663,8 @@ def _choose_qk(original, pruned, adapter_o, alternatives, idx, layer_p, proj, in
         tensors = sliced_parameters(original, alt, names)
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))
-        stats, _ = _projection_stats(layer_p, proj, inputs_p, targets, masks=masks)
-        weight, bias = stats.solve(proj.weight, proj.bias, ridge)
+        stats, _ = _projection_stats(layer_p, proj, inputs_p, targets, masks=masks, sum_point=sum_point, folds=folds)
+        weight, bias, _ = _refit(stats, proj, ridge)
         errors[alt_name] = stats.error(weight, bias)
         if best is None or errors[alt_name] < errors[best[0]]:
             best = (alt_name, stats, tensors)
@@ -536,4 +687,13 @@ def chosen_plan(plan: PruningPlan, alternatives: dict[str, PruningPlan], report:
     return replace(plan, layers=layers)
 
 
-__all__ = ["RECONSTRUCT_MODES", "ProjectionStats", "TargetCache", "check_reconstruct", "chosen_plan", "reconstruct"]
+__all__ = [
+    "RECONSTRUCT_MODES",
+    "REFIT_TARGETS",
+    "ProjectionStats",
+    "TargetCache",
+    "check_reconstruct",
+    "check_refit_target",
+    "chosen_plan",
+    "reconstruct",
+]

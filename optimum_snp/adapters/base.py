@@ -43,6 +43,13 @@ class ArchitectureAdapter:
     # reconstruction targets whose output is added, unchanged, to the layer's output (pre-norm residual blocks), so
     # the refit can correct the layer output instead of running the layer again
     residual_output_targets: tuple[str, ...] = ()
+    # refit_target='residual': per reconstruction target, where `proj(x) + residual` (the sum the branch writes to the
+    # residual stream) can be read: the key of a layer module whose first input it is, or "output" (the layer's
+    # output); a module the layer lacks (a block removed whole) means the layer's output. Targets not named here are
+    # refit to their own output.
+    residual_sums: dict[str, str] = {}
+    # SNPConfig.refit_target when None: 'output' (the projection's own output) or 'residual' (see above)
+    default_refit_target: str = "output"
     # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X))
     default_ridge: float = 1e-3
     # calibration samples when SNPConfig.num_calibration_samples is None (held-out validation samples come on top)

@@ -49,6 +49,7 @@ class ViTAdapter(ImageAdapterMixin, ArchitectureAdapter):
     classifier_names = {"ViTForImageClassification": ("classifier",)}
     pipeline_tags = {"ForImageClassification": "image-classification", "WithTeacher": "image-classification"}
     residual_output_targets = ("fc2",)  # pre-norm: `hidden + fc2(...)` is the layer's output
+    residual_sums = {"o_proj": "layernorm_after", "fc2": "output"}
     supports_block_removal = True  # the SNP family drops a residual branch whose dims are 0
 
     # ---- modules ------------------------------------------------------------------------------------------
