@@ -14,7 +14,7 @@ Tables:
     before   the previous defaults (qk=attention, allocation by scores, no reconstruction) against today's
     goals    the shipped default against the goals of issue 9, per model
     rounding the default rounding of kept dims (multiples of 8, for speed) against none
-    refit    what the least-squares refit matches: each projection's output, or its sum with the residual
+    refit    the refit's target (each projection's output, or its sum with the residual) and ridge (default or 'cv')
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/ablation.py --tables qk ridge --models tune
@@ -237,15 +237,24 @@ def rounding_table(benches: list[Bench]) -> None:
     print()
 
 
+REFIT_VARIANTS = {
+    "output": {"refit_target": "output"},
+    "residual": {"refit_target": "residual"},
+    "ridge=cv": {"ridge": "cv"},
+    "residual, ridge=cv": {"refit_target": "residual", "ridge": "cv"},
+}
+
+
 def refit_table(benches: list[Bench]) -> None:
-    """refit_target 'output' vs 'residual', everything else default, zero-shot top-1 / KL."""
-    header = ["model", "unpruned"] + [f"{k:.0%} MACs: {t}" for k in (0.5, 0.3) for t in ("output", "residual")]
-    table("Refit target: the projection's output vs its sum with the residual (top-1 zero-shot / logit KL)", header)
+    """The least-squares refit's target ('output' vs 'residual') and ridge (the default vs cross-validated),
+    everything else default, zero-shot top-1 / KL."""
+    header = ["model", "unpruned"] + [f"{k:.0%} MACs: {name}" for k in (0.5, 0.3) for name in REFIT_VARIANTS]
+    table("Refit target and ridge (top-1 zero-shot / logit KL; in brackets what the default chose)", header)
     for bench in benches:
         cells = [bench.label, f"{bench.evaluator.top1:.1%}"]
         for keep in (0.5, 0.3):
-            for target in ("output", "residual"):
-                result = bench.run(target_macs_ratio=keep, refit_target=target)
+            for options in REFIT_VARIANTS.values():
+                result = bench.run(target_macs_ratio=keep, **options)
                 cells.append(cell(result) + choice(result))
         row(cells)
     print()

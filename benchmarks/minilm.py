@@ -49,6 +49,8 @@ VARIANTS = {
     "residual": {"refit_target": "residual"},
     "cv": {"ridge": "cv"},
     "residual+cv": {"refit_target": "residual", "ridge": "cv"},
+    "sensitivity": {"allocation": "sensitivity"},
+    "sensitivity+residual": {"allocation": "sensitivity", "refit_target": "residual"},
 }
 
 

@@ -211,6 +211,7 @@ def allocate_dims(
     allow_block_removal: bool = False,
     layer_cost: LayerCost | None = None,
     fixed_cost: float = 0.0,
+    loss_curves: dict[tuple[int, str], Callable[[int], float]] | None = None,
 ) -> list[LayerDims]:
     """Per-layer dims whose model needs at most `target_macs` per image.
 
@@ -223,6 +224,9 @@ def allocate_dims(
     With `layer_cost(idx, dims)` and `fixed_cost` (e.g. a latency model's, in ms), sizes, savings and `target_macs`
     are in that unit; a step's saving is then taken with the layer's other groups as they are (re-checked when the
     step is popped).
+    With `loss_curves` ((layer, group) -> the measured loss when that group alone keeps n units, see
+    `sensitivity_curve`), a step's cost is the loss it adds per MAC saved (no score normalization, no exponent);
+    groups without a curve keep their dims.
     Raises ValueError when the target cannot be reached.
     """
     d = kept_hidden
@@ -288,6 +292,9 @@ def allocate_dims(
         full = levels[key][0]
         n = levels[key][k] - levels[key][k + 1]
         removed_units = steps[key][full - levels[key][k] : full - levels[key][k + 1]]
+        if loss_curves is not None:
+            curve = loss_curves[key]
+            return max(curve(levels[key][k + 1]) - curve(levels[key][k]), 0.0) / step_macs(key, k)
         return float(removed_units.sum()) / n / (step_macs(key, k) / n) ** macs_exponent
 
     taken = dict.fromkeys(levels, 0)  # steps taken per key
@@ -313,7 +320,8 @@ def allocate_dims(
         n = max(dims.qk_head_dim + dims.v_head_dim, 1)  # elementary steps it replaces (as `cost`)
         return saved, remaining / n / (max(saved, 1 if layer_cost is None else 1e-12) / n) ** macs_exponent
 
-    heap = [(cost(key, 0), key) for key in levels if len(levels[key]) > 1]
+    usable = [key for key in levels if len(levels[key]) > 1 and (loss_curves is None or key in loss_curves)]
+    heap = [(cost(key, 0), key) for key in usable]
     if allow_block_removal:
         heap += [(attention_step(idx)[1], (idx, "attention")) for idx, b in enumerate(base_dims) if b.has_attention]
     heapq.heapify(heap)
@@ -348,3 +356,20 @@ def allocate_dims(
             macs += step_macs(key, taken[key] - 1)
             taken[key] -= 1
     return [current(idx) for idx in range(len(base_dims))]
+
+
+def sensitivity_curve(points: dict[int, float], full: int) -> Callable[[int], float]:
+    """Loss as a function of the kept units of one (layer, group), piecewise linear through the measured `points`
+    (kept units -> loss) and 0 at `full`; below the fewest kept units measured, extrapolated along the last segment
+    (never decreasing)."""
+    xs = sorted({**points, full: 0.0}.items())
+
+    def curve(kept: int) -> float:
+        if kept >= xs[-1][0]:
+            return xs[-1][1]
+        lo = 0 if kept <= xs[0][0] else max(i for i, (x, _) in enumerate(xs) if x <= kept)
+        (x0, y0), (x1, y1) = xs[lo], xs[lo + 1]
+        slope = (y1 - y0) / (x1 - x0)
+        return max(y0 + slope * (kept - x0), y0 if kept < x0 else 0.0)
+
+    return curve

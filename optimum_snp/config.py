@@ -48,7 +48,9 @@ SNP_DEFAULTS = {
 
 
 RECONSTRUCT_MODES = ("least_squares", "bias", "none")
-ALLOCATIONS = ("validated", "scores", "uniform")
+ALLOCATIONS = ("validated", "scores", "uniform", "sensitivity")
+# allocation='sensitivity': the fractions of its units each (layer, group) keeps, alone, to measure its loss curve
+SENSITIVITY_LEVELS = (0.125, 0.25, 0.5, 0.75)
 # the 'scores' exponents tried by allocation='validated', on SNP's and on weight-magnitude scores (uniform ratios are
 # always a candidate too); with the refit, 0.25 and 1 were never the held-out choice on the tune models
 ALLOCATION_EXPONENTS = (0.0, 0.5)
@@ -134,7 +136,9 @@ class SNPConfig:
             "help": "How a MACs target is split over layers and groups: 'uniform' (one ratio everywhere), 'scores' "
             "(greedy on normalized scores per MAC^macs_exponent) or 'validated' (uniform, and 'scores' on SNP's and "
             f"on weight-magnitude scores at exponents {ALLOCATION_EXPONENTS}, each pruned and reconstructed; the one "
-            "with the lowest output divergence on calibration images held out from scoring is kept)."
+            "with the lowest output divergence on calibration images held out from scoring is kept) or 'sensitivity' "
+            "(each layer's query/key, value and MLP group cut alone to 1/8..3/4, refit, and measured on the held-out "
+            "images; the greedy removes what adds the least divergence per MAC saved)."
         },
     )
     macs_exponent: float = field(

@@ -25,10 +25,10 @@ from .adapters.timm import (
     is_timm_source,
     load_timm_source,
 )
-from .allocation import allocate_dims, round_dims, round_kept, uniform_dims
+from .allocation import FIELDS, allocate_dims, round_dims, round_kept, sensitivity_curve, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
-from .config import ALLOCATION_EXPONENTS, SNPConfig
+from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, SNPConfig
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
@@ -70,6 +70,8 @@ class SNPPruner:
         self.plan: PruningPlan | None = None
         self.report: dict | None = None
         self._latency: dict | None = None  # latency target state of the running prune() (target_latency)
+        self._context: dict | None = None  # calibration data of the running prune() (allocation='sensitivity')
+        self._sensitivity: dict | None = None  # the curves allocation='sensitivity' measured
 
     @property
     def image_processor(self):
@@ -129,6 +131,7 @@ class SNPPruner:
         criteria = config.criterion_per_group()
         start = time.perf_counter()
         self._latency = None
+        self._sensitivity = None
 
         batches, held_out = None, None
         num_samples = config.num_calibration_samples or adapter.default_calibration_samples
@@ -138,8 +141,8 @@ class SNPPruner:
                 needs = [] if data_free else [f"Criteria {criteria}"]
                 if config.reconstruct != "none":
                     needs.append(f"reconstruct={config.reconstruct!r}")
-                if config.has_target and config.allocation == "validated":
-                    needs.append("allocation='validated'")
+                if config.has_target and config.allocation in ("validated", "sensitivity"):
+                    needs.append(f"allocation={config.allocation!r}")
                 raise ValueError(
                     f"{' and '.join(needs)} need calibration images: pass `calibration_dataset` (a datasets.Dataset, "
                     "a dataset name or a folder of images), or use criterion='magnitude', reconstruct='none' and "
@@ -205,35 +208,51 @@ class SNPPruner:
                     layers=[replace(ls, qk=m.qk) for ls, m in zip(scores.layers, magnitude.layers, strict=True)],
                 ),
             }
-        if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
-            self._calibrate_latency(config, ratios, scores)
-        candidates = self._candidate_dims(config, ratios, scores)
-        source_dims = adapter.layer_dims()
-        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], source_dims, strict=True)):
-            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
-        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
-        local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
         reference = None
-        if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
+
+        def held_out_reference():
+            """(held-out batches, the unpruned model's outputs on them), computed once."""
+            nonlocal held_out, reference
+            if reference is not None:
+                return held_out, reference
             if not held_out and batches:
                 warnings.warn(
                     "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
                     f"dataset has at most num_calibration_samples={num_samples}); candidates are "
                     "compared on the calibration images themselves.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             held_out = held_out or batches
             if not held_out:
                 raise ValueError(
-                    "allocation='validated' and the 'validated' query/key criterion compare candidates on calibration "
-                    "images; pass `calibration_dataset`, or use allocation='scores' or 'uniform' and "
-                    "criterion='magnitude'."
+                    "allocation='validated' or 'sensitivity' and the 'validated' query/key criterion compare "
+                    "candidates on calibration images; pass `calibration_dataset`, or use allocation='scores' or "
+                    "'uniform' and criterion='magnitude'."
                 )
             if recorder is not None and held_out is batches and recorder.complete:
                 reference = recorder.rows(get_adapter(self.model), batches)
             else:
                 reference = _outputs(self.model, held_out)
+            return held_out, reference
+
+        # what allocation='sensitivity' measures its curves with
+        self._context = dict(
+            batches=batches, cache=cache, held_out_reference=held_out_reference, progress=show_progress
+        )
+        try:
+            if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
+                self._calibrate_latency(config, ratios, scores)
+            candidates = self._candidate_dims(config, ratios, scores)
+        finally:
+            self._context = None
+        source_dims = adapter.layer_dims()
+        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], source_dims, strict=True)):
+            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
+        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
+        local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
+        if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
+            held_out_reference()
         tried, timing = [], {"reconstruction": 0.0}
 
         def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
@@ -288,6 +307,8 @@ class SNPPruner:
         self.report["seconds"]["reconstruction"] = round(timing["reconstruction"], 3)
         self.report["reconstruction"] = reconstruction
         self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
+        if self._sensitivity is not None:  # per 'layer.group': kept units -> divergence, that group alone cut
+            self.report["allocation"]["sensitivity"] = self._sensitivity
         if reference is not None:
             self.report["allocation"]["num_validation_samples"] = sum(batch_length(b) for b in held_out)
         if config.target_latency is not None:
@@ -346,6 +367,10 @@ class SNPPruner:
         )
         if config.allocation == "uniform":
             return [("uniform", kept_hidden, uniform_dims(**common))]
+        if config.allocation == "sensitivity":
+            return [
+                ("sensitivity", kept_hidden, self._sensitivity_dims(config, scores, kept_hidden, base_dims, common))
+            ]
 
         def within_groups(name: str, allocate) -> list:
             """[(name, hidden, dims)]; with block pruning allowed, [] when the target needs whole blocks removed
@@ -386,6 +411,53 @@ class SNPPruner:
                 unique.setdefault(tuple(dims), (name, hidden, dims))
             candidates = list(unique.values())
         return candidates
+
+    def _sensitivity_dims(self, config: SNPConfig, scores, kept_hidden: int, base_dims: list, common: dict) -> list:
+        """allocation='sensitivity': each (layer, group) alone is cut to SENSITIVITY_LEVELS of its units, that layer
+        refit (the configured reconstruction), and the output divergence measured on the held-out calibration
+        samples; the greedy then removes, step by step, what adds the least interpolated divergence per MAC saved."""
+        from tqdm.auto import tqdm
+
+        context = self._context
+        held_out, reference = context["held_out_reference"]()
+        adapter = get_adapter(self.model)
+        jobs = [
+            (idx, group, field, fraction)
+            for idx, base in enumerate(base_dims)
+            for group, field in FIELDS
+            if getattr(base, field) > 1
+            for fraction in SENSITIVITY_LEVELS
+        ]
+        points: dict[tuple[int, str], dict[int, float]] = {}
+        for idx, group, field, fraction in tqdm(
+            jobs, desc="SNP sensitivity", unit="cut", disable=not context["progress"]
+        ):
+            full = getattr(base_dims[idx], field)
+            kept = max(1, round(fraction * full))
+            dims = list(base_dims)
+            dims[idx] = replace(dims[idx], **{field: kept})
+            plan = plan_from_kept_dims(scores, kept_hidden, dims)
+            pruned = apply_plan(self.model, plan)
+            least_squares = config.reconstruct == "least_squares"
+            reconstruct(
+                self.model,
+                pruned,
+                plan,
+                context["batches"],
+                mode=config.reconstruct,
+                ridge=config.ridge if config.ridge is not None else adapter.default_ridge,
+                show_progress=False,
+                cache=context["cache"] if least_squares else None,
+                refit_target=config.refit_target,
+                layers=[idx] if least_squares else None,
+            )
+            points.setdefault((idx, group), {})[kept] = _divergence(reference, _outputs(pruned, held_out), plan.hidden)
+        curves = {
+            (idx, group): sensitivity_curve(values, getattr(base_dims[idx], dict(FIELDS)[group]))
+            for (idx, group), values in points.items()
+        }
+        self._sensitivity = {f"{idx}.{group}": values for (idx, group), values in points.items()}
+        return allocate_dims(scores, loss_curves=curves, **common)
 
     # ---- latency targets (SNPConfig.target_latency) -------------------------------------------------------
     def _latency_target(self, config: SNPConfig, kept_hidden: int, base_dims: list) -> tuple[LatencyModel, float]:
@@ -595,7 +667,7 @@ LATENCY_ACCEPT = 0.025  # relative miss of a latency target that ends the alloca
 
 def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     """Whether prune() will compare candidates on held-out images (allocation and/or query/key criterion)."""
-    if config.has_target and config.allocation == "validated":
+    if config.has_target and config.allocation in ("validated", "sensitivity"):
         return True
     qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
     # ('validated_per_layer' is chosen inside the least-squares refit, on the calibration images)

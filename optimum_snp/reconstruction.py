@@ -307,6 +307,7 @@ def reconstruct(
     cache: TargetCache | None = None,
     qk_alternatives: dict[str, PruningPlan] | None = None,
     refit_target: str | None = None,
+    layers: Iterable[int] | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
@@ -314,6 +315,8 @@ def reconstruct(
     `refit_target` (least squares): 'output' fits each projection to the unpruned projection's output; 'residual'
     fits `proj(x) + residual` to the unpruned model's sum at the same place (the drift of the residual stream from
     earlier layers is absorbed too). None = the architecture's default (`default_refit_target`).
+    `layers` (least squares): refit only these layers (the others keep their weights; the layers after the last
+    of them are not run), e.g. to measure how one layer's cut can be repaired.
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
     `qk_alternatives`: plans that differ from `plan` only in the query/key dims each kept head keeps (e.g. chosen by
@@ -392,6 +395,7 @@ def reconstruct(
             cache,
             alternatives,
             refit_target,
+            None if layers is None else set(layers),
         )
     finally:
         original.train(was_training[0])
@@ -555,6 +559,7 @@ def _least_squares(
     cache=None,
     alternatives=None,
     refit_target="output",
+    only=None,
 ):
     from tqdm.auto import tqdm
 
@@ -568,9 +573,11 @@ def _least_squares(
     stats_bytes = 0
     progress = tqdm(range(adapter_o.num_layers), desc="SNP reconstruction", unit="layer", disable=not show_progress)
     for idx in progress:
+        if only is not None and idx > max(only, default=-1):
+            break
         layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
         # the pruned layer's targets: a block removed whole (block pruning) has nothing left to refit
-        keys = [key for key, _ in adapter_p.reconstruction_targets(idx)]
+        keys = [key for key, _ in adapter_p.reconstruction_targets(idx)] if only is None or idx in only else []
         sums = {key: _sum_point(adapter_p, idx, key, refit_target) for key in keys}
         if cache is None:
             next_o, outputs = _unpruned_layer_pass(adapter_o, idx, keys, inputs_o, hidden, refit_target)

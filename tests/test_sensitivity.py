@@ -1,0 +1,95 @@
+"""allocation='sensitivity': per-(layer, group) loss curves measured on held-out calibration samples, and the greedy
+that spends the MACs where they cost the least measured loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optimum_snp import SNPConfig, SNPPruner, apply_plan, get_adapter, model_size_of
+from optimum_snp.accounting import architecture_of
+from optimum_snp.allocation import allocate_dims, sensitivity_curve
+from optimum_snp.config import SENSITIVITY_LEVELS
+from optimum_snp.plan import plan_from_kept_dims
+from optimum_snp.reconstruction import reconstruct
+from optimum_snp.scoring import magnitude_scores
+
+from .conftest import pixel_values, random_plan, tiny_model
+from .test_pruner import digits
+
+
+def test_sensitivity_curve_interpolates_the_measured_points():
+    curve = sensitivity_curve({2: 0.8, 4: 0.3, 6: 0.1}, full=8)
+    assert curve(8) == 0.0 and curve(6) == pytest.approx(0.1) and curve(4) == pytest.approx(0.3)
+    assert curve(7) == pytest.approx(0.05) and curve(5) == pytest.approx(0.2) and curve(3) == pytest.approx(0.55)
+    assert curve(1) == pytest.approx(1.05)  # below the fewest kept units: along the last segment, never lower
+    assert curve(0) >= curve(1) >= curve(2)
+
+
+def test_loss_curves_make_the_greedy_cut_where_the_measured_loss_is_lowest():
+    model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    adapter = get_adapter(model)
+    base = adapter.layer_dims()
+    full = model_size_of(model).macs
+    # every group is expensive to cut except layer 1's MLP, which costs nothing until half of it is gone
+    curves = {}
+    for idx, dims in enumerate(base):
+        for group, size in (("qk", dims.qk_head_dim), ("v", dims.v_head_dim), ("mlp", dims.intermediate_size)):
+            points = {size // 2: 0.0, 1: 5.0} if (idx, group) == (1, "mlp") else {1: 10.0}
+            curves[idx, group] = sensitivity_curve(points, size)
+    common = dict(
+        config=model.config,
+        architecture=architecture_of(model),
+        kept_hidden=adapter.hidden_size,
+        base_dims=base,
+        max_ratio=0.9,
+    )
+    scores = magnitude_scores(model)
+    saved_per_unit = full - model_size_of(apply_plan(model, plan_from_kept_dims(scores, 64, [
+        base[0], base[1].__class__(base[1].num_heads, base[1].qk_head_dim, base[1].v_head_dim, 127), *base[2:]
+    ]))).macs  # fmt: skip
+    target = full - 40 * saved_per_unit  # 40 MLP units of one layer
+    dims = allocate_dims(scores, target_macs=target, loss_curves=curves, **common)
+    assert [d.intermediate_size for d in dims] == [128, 88, 128]
+    assert [(d.qk_head_dim, d.v_head_dim) for d in dims] == [(b.qk_head_dim, b.v_head_dim) for b in base]
+
+
+def test_refitting_only_some_layers_leaves_the_others_alone():
+    model = tiny_model("vit", seed=3)
+    plan = random_plan(model, seed=3)
+    batches = [pixel_values(4, seed=20 + i) for i in range(3)]
+    full = apply_plan(model, plan)
+    reconstruct(model, full, plan, batches, show_progress=False)
+    only = apply_plan(model, plan)
+    sliced = {k: v.clone() for k, v in only.state_dict().items()}
+    report = reconstruct(model, only, plan, batches, layers=[0], show_progress=False)
+    assert [entry["layer"] for entry in report["layers"]] == [0]  # the layers after the last one are not run
+    for name, tensor in only.state_dict().items():
+        if ".layers.0." in name:  # the first layer sees the same inputs either way: the same refit
+            torch.testing.assert_close(tensor, full.state_dict()[name])
+        else:
+            assert torch.equal(tensor, sliced[name]), name
+
+
+def test_sensitivity_allocation_reaches_the_target_and_reports_its_curves():
+    model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    data = digits(40)
+    config = SNPConfig(
+        target_macs_ratio=0.5,
+        allocation="sensitivity",
+        num_calibration_samples=16,
+        num_validation_samples=16,
+        batch_size=8,
+    )
+    pruner = SNPPruner.from_pretrained(model)
+    pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
+    ratio = model_size_of(pruned).macs / model_size_of(model).macs
+    assert 0.47 <= ratio <= 0.5
+    allocation = pruner.report["allocation"]
+    assert allocation["chosen"] == "sensitivity" and allocation["num_validation_samples"] == 16
+    curves = allocation["sensitivity"]
+    layers = model.config.num_hidden_layers
+    assert sorted(curves) == sorted(f"{i}.{g}" for i in range(layers) for g in ("qk", "v", "mlp"))
+    assert all(len(points) == len(SENSITIVITY_LEVELS) for points in curves.values())
+    # cutting a quarter of an MLP's units hurts less than cutting three quarters
+    assert all(curves[f"{i}.mlp"][32] > curves[f"{i}.mlp"][96] >= 0.0 for i in range(layers))
