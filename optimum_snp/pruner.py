@@ -405,6 +405,12 @@ class SNPPruner:
                 candidates += within_groups(
                     f"magnitude-scores^{e:g}", lambda e=e: allocate_dims(magnitude, macs_exponent=e, **common)
                 )
+            if adapter.sensitivity_candidate and config.target_latency is None:
+                # measured loss curves (allocation='sensitivity') as one more candidate, for the architectures where
+                # they won on the tune data
+                candidates += within_groups(
+                    "sensitivity", lambda: self._sensitivity_dims(config, scores, kept_hidden, base_dims, common)
+                )
             candidates = within_groups("uniform", lambda: uniform_dims(**common)) + candidates
             unique = {}
             for name, hidden, dims in candidates:  # the same dims under two names are tried once

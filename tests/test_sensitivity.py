@@ -93,3 +93,22 @@ def test_sensitivity_allocation_reaches_the_target_and_reports_its_curves():
     assert all(len(points) == len(SENSITIVITY_LEVELS) for points in curves.values())
     # cutting a quarter of an MLP's units hurts less than cutting three quarters
     assert all(curves[f"{i}.mlp"][32] > curves[f"{i}.mlp"][96] >= 0.0 for i in range(layers))
+
+
+def test_text_models_also_try_the_sensitivity_allocation_when_validating(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from .text_utils import text_dataset, tiny_text_model, word_tokenizer
+
+    model = tiny_text_model(BertModel, BertConfig, seed=0)
+    pruner = SNPPruner(model, tokenizer=word_tokenizer(tmp_path))
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=12, num_validation_samples=8, batch_size=4)
+    pruner.prune(config, calibration_dataset=text_dataset(20), show_progress=False)
+    allocation = pruner.report["allocation"]
+    names = [c["allocation"] for c in allocation["candidates"]]
+    assert "sensitivity" in names and names[0] == "uniform"
+    assert allocation["chosen"] == min(allocation["candidates"], key=lambda c: c["divergence"])["allocation"]
+    assert len(allocation["sensitivity"]) == 3 * model.config.num_hidden_layers
+    assert pruner.report["reconstruction"]["refit_target"] == "residual"  # the text encoders' default
+    # image models do not (their adapters leave it off): tested in test_sensitivity_allocation_reaches_the_target...
+    assert not get_adapter(tiny_model("vit")).sensitivity_candidate

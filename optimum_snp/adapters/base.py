@@ -50,6 +50,9 @@ class ArchitectureAdapter:
     residual_sums: dict[str, str] = {}
     # SNPConfig.refit_target when None: 'output' (the projection's own output) or 'residual' (see above)
     default_refit_target: str = "output"
+    # allocation='validated' also tries allocation='sensitivity' (measured per-(layer, group) loss curves; costs
+    # 12 cuts per layer, each refit and measured on the held-out samples)
+    sensitivity_candidate: bool = False
     # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X))
     default_ridge: float = 1e-3
     # calibration samples when SNPConfig.num_calibration_samples is None (held-out validation samples come on top)
