@@ -38,6 +38,8 @@ def config_from_args(args):
         round_to=args.round_to,
         reconstruct=args.reconstruct,
         ridge=args.ridge,
+        refit_target=getattr(args, "refit_target", None),
+        allocation=getattr(args, "allocation", "validated"),
         num_calibration_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,

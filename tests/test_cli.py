@@ -173,3 +173,22 @@ def test_parse_criterion():
     assert parse_criterion("qk=svd, v=redundancy") == {"qk": "svd", "v": "redundancy"}
     with pytest.raises(ValueError, match="Cannot read criterion"):
         parse_criterion("qk=")
+
+
+def test_refit_and_allocation_options_reach_the_config():
+    import argparse
+
+    from optimum.commands.register.register_snp import add_prune_arguments
+    from optimum_snp.cli import config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_prune_arguments(parser)
+    args = parser.parse_args(
+        ["--target-macs-ratio", "0.5", "--ridge", "cv", "--refit-target", "residual", "--allocation", "sensitivity"]
+    )
+    config = config_from_args(args)
+    assert (config.ridge, config.refit_target, config.allocation) == ("cv", "residual", "sensitivity")
+    config = config_from_args(parser.parse_args(["--ridge", "0.1"]))
+    assert (config.ridge, config.refit_target, config.allocation) == (0.1, None, "validated")
+    with pytest.raises(SystemExit):  # argparse's own error: not a number nor 'cv'
+        parser.parse_args(["--ridge", "auto"])

@@ -7,6 +7,10 @@ Kept light: the heavy imports (torch, transformers, optimum_snp) happen inside `
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 
+def _ridge(text: str):
+    return text if text == "cv" else float(text)
+
+
 def add_prune_arguments(parser) -> None:
     """Options of `optimum-cli snp prune` and `snp-prune` (the same parser for both)."""
     parser.add_argument(
@@ -84,9 +88,23 @@ def add_prune_arguments(parser) -> None:
     )
     parser.add_argument(
         "--ridge",
-        type=float,
+        type=_ridge,
         default=None,
-        help="Ridge of the least-squares refit (relative). Default: the architecture's (1e-3 ViT/DeiT, 0.3 text).",
+        help="Ridge of the least-squares refit (relative), or 'cv' (chosen per projection by cross-validation). "
+        "Default: the architecture's (1e-3 ViT/DeiT, 0.3 text).",
+    )
+    parser.add_argument(
+        "--refit-target",
+        choices=["output", "residual"],
+        default=None,
+        help="What the least-squares refit matches: each projection's output, or its sum with the residual stream. "
+        "Default: the architecture's (output for ViT/DeiT, residual for text encoders).",
+    )
+    parser.add_argument(
+        "--allocation",
+        choices=["validated", "scores", "uniform", "sensitivity"],
+        default="validated",
+        help="How a MACs target is split over layers and groups (default: validated candidates on held-out samples).",
     )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
