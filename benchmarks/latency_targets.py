@@ -29,8 +29,16 @@ from latency import interleaved_latency, machine_line
 
 
 def _measure_pair(original, pruned, batch: int, runs: int) -> tuple[float, float]:
-    x = torch.randn(batch, original.config.num_channels, original.config.image_size, original.config.image_size)
-    fns = {"original": lambda: original(pixel_values=x), "pruned": lambda: pruned(pixel_values=x)}
+    param = next(original.parameters())
+    size = original.config.image_size
+    x = torch.randn(batch, original.config.num_channels, size, size, device=param.device, dtype=param.dtype)
+
+    def call(model):
+        model(pixel_values=x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    fns = {"original": lambda: call(original), "pruned": lambda: call(pruned)}
     with torch.inference_mode():
         t = interleaved_latency(fns, runs=runs, warmup=2)
     return t["original"]["median"] * 1e3, t["pruned"]["median"] * 1e3
@@ -46,8 +54,10 @@ def deit(args) -> None:
     original = DeiTForImageClassification(deit_config("small")).eval()
     original.set_attn_implementation("sdpa")
     base = model_size_of(original).macs
+    original.to(args.device, args.dtype)  # the pruner measures and prunes on the model's device and dtype
     print(
-        "## DeiT-S (random weights, magnitude, no refit, allocation 'scores'"
+        f"## DeiT-S on {args.device.upper()} ({str(args.dtype).removeprefix('torch.')}; random weights, magnitude, "
+        "no refit, allocation 'scores'"
         f"{f', head_ratio={args.head_ratio}' if args.head_ratio else ''}"
         f"{', block pruning allowed' if args.block_pruning else ''}), SDPA, 224x224\n"
     )
@@ -171,10 +181,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--block-pruning", action="store_true", help="DeiT-S: the allocation may remove whole attention / MLP blocks"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="DeiT-S part: where it runs")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="DeiT-S part: model dtype"
+    )
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args(argv)
     args.embedded_dir = None
+    args.dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fresh:  # latency models measured anew; the embedded digits model stays where it was cached
@@ -182,7 +197,8 @@ def main(argv=None) -> int:
 
         args.embedded_dir = embedded_model_dir()
         os.environ["OPTIMUM_SNP_CACHE"] = tempfile.mkdtemp(prefix="snp-latency-")
-    print(f"# Latency targets\n\nmachine: {machine_line()}\n")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"# Latency targets\n\nmachine: {machine_line()}; DeiT-S part on {device}\n")
     start = time.perf_counter()
     if not args.skip_deit:
         deit(args)

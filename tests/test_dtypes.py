@@ -244,3 +244,53 @@ def test_model_on_several_devices_is_refused(processor):
         SNPPruner(model, image_processor=processor).prune(
             SNPConfig(qk_ratio=0.5, criterion="magnitude", reconstruct="none"), show_progress=False
         )
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_finetune_stays_on_the_gpu(dtype, digits, processor):
+    from optimum_snp.calibration import calibration_batches
+    from optimum_snp.finetune import finetune
+
+    train = digits.select(range(256))
+    images = torch.cat(calibration_batches(train, processor, num_samples=256, batch_size=64, show_progress=False))
+    images, labels = images.to("cuda", dtype), torch.tensor(train["label"], device="cuda")
+    teacher = tiny_model("vit", attn="sdpa", seed=7, num_labels=10).to("cuda", dtype)
+    _, student = _prune(teacher, digits, processor)
+    teacher_logits = logits_of(teacher, images).float()
+
+    def objective() -> float:  # what the trainer minimises: soft distillation (T=2, alpha=0.5) + label cross entropy
+        logits = logits_of(student, images).float()
+        kl = torch.nn.functional.kl_div((logits / 2).log_softmax(-1), (teacher_logits / 2).log_softmax(-1),
+                                        reduction="batchmean", log_target=True)  # fmt: skip
+        return float(0.5 * 4 * kl + 0.5 * torch.nn.functional.cross_entropy(logits, labels))
+
+    before = objective()
+    result = finetune(student, teacher, train, processor, epochs=8, batch_size=32, learning_rate=3e-4,
+                      show_progress=False)  # fmt: skip
+    assert {(p.device.type, p.dtype) for p in student.parameters()} == {("cuda", dtype)}
+    assert {(p.device.type, p.dtype) for p in teacher.parameters()} == {("cuda", dtype)}
+    assert torch.isfinite(torch.tensor(result["train_loss"]))
+    assert objective() < 0.95 * before  # the training on the GPU lowered the objective on its images
+
+
+@cuda
+def test_cuda_text_pipeline_matches_the_cpu(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from .text_utils import encode, sentences, text_dataset, tiny_text_model, word_tokenizer
+
+    tokenizer = word_tokenizer(tmp_path)
+    model = tiny_text_model(BertModel, BertConfig, attn="sdpa")
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, num_validation_samples=8, batch_size=4,
+                       allocation="uniform")  # fmt: skip
+    on_cpu = SNPPruner(copy.deepcopy(model), tokenizer=tokenizer).prune(config, text_dataset(30), show_progress=False)
+    pruner = SNPPruner(model.to("cuda"), tokenizer=tokenizer)
+    on_gpu = pruner.prune(config, text_dataset(30), show_progress=False)
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    assert get_adapter(on_gpu).layer_dims() == get_adapter(on_cpu).layer_dims()
+    inputs = encode(tokenizer, sentences(6, seed=3))
+    with torch.no_grad():
+        want = on_cpu(**inputs).last_hidden_state
+        got = on_gpu(**{k: v.to("cuda") for k, v in inputs.items()}).last_hidden_state.cpu()
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
