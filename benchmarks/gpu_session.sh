@@ -34,14 +34,15 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu --format=csv
     $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'transformers', transformers.__version__, 'gpu', torch.cuda.get_device_name()); \
-import optimum_snp, pyarrow, datasets; print("optimum_snp", optimum_snp.__version__, "from", optimum_snp.__file__, "pyarrow", pyarrow.__version__, "datasets", datasets.__version__)"
+import optimum_snp, pyarrow, datasets; print('optimum_snp', optimum_snp.__version__, 'from', optimum_snp.__file__, \
+'pyarrow', pyarrow.__version__, 'datasets', datasets.__version__)"
     nproc
 } 2>&1 | tee "$OUT/env.log"
 
-step tests.log "${LIMIT_TESTS:-150}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_dtypes.py
-step gpu_latency.md "${LIMIT_LATENCY:-120}" $PY benchmarks/gpu_latency.py
-step rounding.md "${LIMIT_ROUNDING:-150}" $PY benchmarks/gpu_rounding.py --csv "$OUT/rounding_micro.csv"
-step latency_targets.md "${LIMIT_TARGETS:-120}" $PY benchmarks/latency_targets.py --skip-digits --device cuda \
+step tests.log "${LIMIT_TESTS:-140}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_dtypes.py
+step gpu_latency.md "${LIMIT_LATENCY:-100}" $PY benchmarks/gpu_latency.py
+step rounding.md "${LIMIT_ROUNDING:-130}" $PY benchmarks/gpu_rounding.py --csv "$OUT/rounding_micro.csv"
+step latency_targets.md "${LIMIT_TARGETS:-100}" $PY benchmarks/latency_targets.py --skip-digits --device cuda \
     --dtype float16 --batch-sizes 1 64 --keep 0.5 0.3
-step prune_speed.log "${LIMIT_PRUNE:-90}" $PY benchmarks/prune_speed.py --device cuda --ratio-table DeiT_b
+step prune_speed.log "${LIMIT_PRUNE:-70}" $PY benchmarks/prune_speed.py --device cuda --ratio-table DeiT_b
 echo "=== all steps done in $(($(date +%s) - T0)) s"
