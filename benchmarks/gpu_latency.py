@@ -13,14 +13,22 @@ launches included, which dominate at batch 1 for small models). Speed-up = origi
 attention zero-pads query/key and value head dims to equal multiples of 8 on CUDA so that the fused SDPA kernels
 (flash, memory-efficient, cuDNN) take them (`modeling_snp._sdpa_pad`); the printed backend line says which fused
 kernels accept the pruned models' padded shapes.
+In inference on CUDA, SNP attention runs query, key and value as one projection whose
+weights are zero-padded per head (`SNPAttention._fused_weights`), so the padding costs no copies.
+
+`--unfused` adds the pruned models with that fused projection turned off (separate q/k/v products and padding
+copies, as in training). `--graphs` adds timings of CUDA-graph replays (`torch.cuda.CUDAGraph`): the GPU's own time
+without kernel-launch overhead, what `torch.compile(mode="reduce-overhead")` or TensorRT deployments see.
 
     python benchmarks/gpu_latency.py                                  # CUDA when there is one; every size, b1 and b64
+    python benchmarks/gpu_latency.py --batch-sizes 1 64 256 --graphs --unfused
     python benchmarks/gpu_latency.py --device cpu --sizes tiny --batch-sizes 1 --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 
@@ -85,15 +93,44 @@ def fused_backends(model, x: torch.Tensor) -> str:
     return ", ".join(accepted) or "none (math fallback)"
 
 
-def timed(model, x: torch.Tensor, device: torch.device):
-    if device.type == "cuda":
+def timed(model, x: torch.Tensor, device: torch.device, fuse: bool = True):
+    """A call of `model` on `x` for the timer; `fuse=False` turns SNP attention's fused query/key/value projection
+    off for the call (to measure what it brings)."""
+    from optimum_snp.models import modeling_snp
 
-        def call():
+    fuse_rule = modeling_snp._fuse_qkv
+
+    def call():
+        if not fuse:
+            modeling_snp._fuse_qkv = lambda device_type: False
+        try:
             model(pixel_values=x)
+        finally:
+            modeling_snp._fuse_qkv = fuse_rule
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-        return call
-    return lambda: model(pixel_values=x)
+    return call
+
+
+def graphed(model, x: torch.Tensor, device: torch.device):
+    """A replay of `model`'s forward on `x` captured in a CUDA graph (no launch overhead: the GPU's own time)."""
+    static = x.clone()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            model(pixel_values=static)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        model(pixel_values=static)
+
+    def call():
+        graph.replay()
+        torch.cuda.synchronize(device)
+
+    return call
 
 
 def main(argv=None) -> int:
@@ -102,6 +139,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(SIZES))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--graphs", action="store_true", help="CUDA: also time CUDA-graph replays (no launch cost)")
+    parser.add_argument(
+        "--unfused", action="store_true", help="also time the pruned models with the fused q/k/v projection off"
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
         "--dtype",
@@ -140,35 +181,51 @@ def main(argv=None) -> int:
             x = torch.randn(1, 3, 224, 224, device=device, dtype=dtype)
             backends += [f"  {size} {name}: {fused_backends(model, x)}" for name, model in models.items()]
         gmacs = {name: model_size_of(model).gmacs for name, model in models.items()}
+        modes = ["launches"] + (["CUDA graph"] if args.graphs and device.type == "cuda" else [])
         for batch in args.batch_sizes:
             x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
-            fns = {name: timed(model, x, device) for name, model in models.items()}
-            with torch.inference_mode():
-                timing = interleaved_latency(fns, runs=args.runs, warmup=args.warmup)
-            base = timing["original"]["median"]
-            for name in pruned:
-                rows.append(
-                    dict(
-                        size=size,
-                        name=name,
-                        batch=batch,
-                        gmacs=f"{gmacs['original']:.2f} -> {gmacs[name]:.2f}",
-                        original_ms=base * 1e3,
-                        pruned_ms=timing[name]["median"] * 1e3,
-                        ratio=base / timing[name]["median"],
-                        paper=PAPER_GPU.get(name, ""),
+            for mode in modes:
+                if mode == "launches":
+                    fns = {name: timed(model, x, device) for name, model in models.items()}
+                    if args.unfused:
+                        fns.update(
+                            {
+                                f"{name} (unfused)": timed(copy.deepcopy(model), x, device, fuse=False)
+                                for name, model in pruned.items()
+                            }
+                        )
+                else:
+                    fns = {name: graphed(model, x, device) for name, model in models.items()}
+                with torch.inference_mode():
+                    timing = interleaved_latency(fns, runs=args.runs, warmup=args.warmup)
+                base = timing["original"]["median"]
+                for name in fns:
+                    if name == "original":
+                        continue
+                    rows.append(
+                        dict(
+                            size=size,
+                            name=name,
+                            batch=batch,
+                            mode=mode,
+                            gmacs=f"{gmacs['original']:.2f} -> {gmacs[name.removesuffix(' (unfused)')]:.2f}",
+                            original_ms=base * 1e3,
+                            pruned_ms=timing[name]["median"] * 1e3,
+                            ratio=base / timing[name]["median"],
+                            paper=PAPER_GPU.get(name, ""),
+                        )
                     )
-                )
+                del fns
             print(f"  measured {size} batch {batch} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        del original, pruned, models, fns
+        del original, pruned, models
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print("| DeiT | pruned with | GMACs | batch | original (ms) | pruned (ms) | speed-up | paper (GPU) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| DeiT | pruned with | GMACs | batch | timed | original (ms) | pruned (ms) | speed-up | paper (GPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['size']} | {r['name']} | {r['gmacs']} | {r['batch']} | {r['original_ms']:.2f} | "
+            f"| {r['size']} | {r['name']} | {r['gmacs']} | {r['batch']} | {r['mode']} | {r['original_ms']:.2f} | "
             f"{r['pruned_ms']:.2f} | {r['ratio']:.2f}x | {r['paper']} |"
         )
     if backends:

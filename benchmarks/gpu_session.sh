@@ -10,6 +10,7 @@
 # others. Python packages missing on the machine can be given as wheels in .whl/ (installed to /tmp/site).
 #
 #   bash benchmarks/gpu_session.sh
+#   STEPS="tests gpu_latency" bash benchmarks/gpu_session.sh     # only these steps (names as in $OUT, no suffix)
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -24,6 +25,9 @@ T0=$(date +%s)
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME and to stdout
     local name=$1 limit=$2
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" ${name%.*} "* ]]; then
+        return
+    fi
     echo "=== $name (limit ${limit}s, at +$(($(date +%s) - T0))s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name"
     echo "=== $name: rc ${PIPESTATUS[0]}"
@@ -40,9 +44,9 @@ import optimum_snp, pyarrow, datasets; print('optimum_snp', optimum_snp.__versio
 } 2>&1 | tee "$OUT/env.log"
 
 step tests.log "${LIMIT_TESTS:-140}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_dtypes.py
-step gpu_latency.md "${LIMIT_LATENCY:-100}" $PY benchmarks/gpu_latency.py
+step gpu_latency.md "${LIMIT_LATENCY:-100}" $PY benchmarks/gpu_latency.py --batch-sizes 1 64 256 --graphs --unfused
 step rounding.md "${LIMIT_ROUNDING:-130}" $PY benchmarks/gpu_rounding.py --csv "$OUT/rounding_micro.csv"
 step latency_targets.md "${LIMIT_TARGETS:-100}" $PY benchmarks/latency_targets.py --skip-digits --device cuda \
-    --dtype float16 --batch-sizes 1 64 --keep 0.5 0.3
+    --dtype float16 --batch-sizes 1 64 256 --keep 0.5 0.3
 step prune_speed.log "${LIMIT_PRUNE:-70}" $PY benchmarks/prune_speed.py --device cuda --ratio-table DeiT_b
 echo "=== all steps done in $(($(date +%s) - T0)) s"

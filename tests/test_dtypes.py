@@ -182,6 +182,42 @@ def test_sdpa_padding_is_exact(rule, monkeypatch):
     torch.testing.assert_close(logits_of(pruned, x), eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["vit", "deit"])
+def test_fused_qkv_inference_is_exact_and_follows_the_weights(family, monkeypatch):
+    model = tiny_model(family, seed=5)
+    pruned = apply_plan(model, random_plan(model, seed=5, heads=True)).eval()
+    dims = get_adapter(pruned).layer_dims()
+    assert any(_sdpa_pad(d.qk_head_dim, d.v_head_dim, "cuda") != (0, 0) for d in dims)
+    x = pixel_values(4)
+    pruned.set_attn_implementation("eager")
+    eager = logits_of(pruned, x)
+    # the CUDA rules (padding, fused projection) applied on the CPU
+    monkeypatch.setattr(modeling_snp, "_sdpa_pad", lambda qk, v, device_type: _sdpa_pad(qk, v, "cuda"))
+    monkeypatch.setattr(modeling_snp, "_fuse_qkv", lambda device_type: True)
+    pruned.set_attn_implementation("sdpa")
+    attentions = [m for m in pruned.modules() if isinstance(m, modeling_snp.SNPAttention)]
+    torch.testing.assert_close(logits_of(pruned, x), eager, rtol=1e-5, atol=1e-5)
+    assert all(m._fused is not None for m in attentions)  # the fused path ran
+    assert set(pruned.state_dict()) == set(model.state_dict())  # the cache is neither a parameter nor a buffer
+
+    # a weight changed in place (an optimizer step, load_state_dict) or replaced (`.to()`) is seen
+    with torch.no_grad():
+        attentions[0].q_proj.weight.mul_(1.5)
+        attentions[-1].v_proj.bias.add_(0.3)
+        attentions[-1].o_proj.weight = torch.nn.Parameter(attentions[-1].o_proj.weight * 0.5)
+    fused = logits_of(pruned, x)
+    pruned.set_attn_implementation("eager")
+    torch.testing.assert_close(fused, logits_of(pruned, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fused, eager, atol=1e-3)
+
+    # training (gradients) takes the plain path and drops the cache
+    pruned.set_attn_implementation("sdpa")
+    pruned.train()
+    pruned(pixel_values=x).logits.sum().backward()
+    assert all(m._fused is None for m in attentions)
+    assert attentions[0].q_proj.weight.grad is not None
+
+
 def test_meta_model_is_refused(processor):
     model = tiny_model("vit").to("meta")
     pruner = SNPPruner(model, image_processor=processor)
@@ -230,6 +266,8 @@ def test_cuda_fused_sdpa_takes_the_padded_dims(backend, monkeypatch):
     with sdpa_kernel([backend]):
         fused = logits_of(pruned, x).float()
     torch.testing.assert_close(fused, eager, rtol=2e-2, atol=2e-2)
+    # inference on CUDA ran query/key/value as one padded projection
+    assert all(m._fused is not None for m in pruned.modules() if isinstance(m, modeling_snp.SNPAttention))
     # without the padding, the kernel refuses these dims
     monkeypatch.setattr(modeling_snp, "_sdpa_pad", lambda qk, v, device_type: (0, 0))
     with pytest.raises(RuntimeError), sdpa_kernel([backend]):

@@ -51,6 +51,27 @@ def _sdpa_pad(head_dim: int, v_head_dim: int, device_type: str) -> tuple[int, in
     return width - head_dim, width - v_head_dim
 
 
+def _fuse_qkv(device_type: str) -> bool:
+    """Whether inference on `device_type` runs query, key and value as one padded projection (see
+    `SNPAttention._fused_weights`). On CUDA, small models are bound by kernel launches (a DeiT-S forward takes the same
+    ~3.5 ms at batch 1 and 64 on an H200): one matrix product instead of three and no padding copies (4 launches less
+    per layer) is what makes a pruned model faster there (`benchmarks/gpu_latency.py`). Not on the CPU, where launches
+    are cheap."""
+    return device_type == "cuda"
+
+
+def _pad_heads(tensor: torch.Tensor, heads: int, dim: int, pad: int, axis: int) -> torch.Tensor:
+    """`tensor` with `pad` zeros appended to each of its `heads` blocks of `dim` entries along `axis`: 0 for a
+    projection's output rows (a weight or a bias), 1 for its input columns."""
+    if not pad:
+        return tensor
+    if axis == 0:
+        blocks = tensor.reshape(heads, dim, -1)
+        return nn.functional.pad(blocks, (0, 0, 0, pad)).reshape(heads * (dim + pad), *tensor.shape[1:])
+    blocks = tensor.reshape(tensor.shape[0], heads, dim)
+    return nn.functional.pad(blocks, (0, pad)).reshape(tensor.shape[0], heads * (dim + pad))
+
+
 class SNPAttention(nn.Module):
     """Multi-head self-attention of layer `layer_idx`, with its own heads, query/key dim and value dim."""
 
@@ -72,12 +93,55 @@ class SNPAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, qk_width, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, v_width, bias=config.qkv_bias)
         self.o_proj = nn.Linear(v_width, config.hidden_size, bias=True)
+        self._fused = None  # (key, tensors) of `_fused_weights`; a cache, not a parameter or buffer
+
+    def _fused_weights(self, qk_pad: int, v_pad: int) -> tuple:
+        """Query, key and value projections as one (each head's rows zero-padded by `qk_pad` / `v_pad`, so that the
+        product comes out in the padded layout SDPA takes) and the output projection with matching zero columns.
+        Exact: zero query/key columns add nothing to the scores, zero value columns meet zero columns of `o_proj`.
+        Built on first use and rebuilt when a weight is replaced or changed in place (its storage or version)."""
+        params = [t for m in (self.q_proj, self.k_proj, self.v_proj, self.o_proj) for t in (m.weight, m.bias)]
+        key = (qk_pad, v_pad) + tuple((t.data_ptr(), t._version) if t is not None else None for t in params)
+        if self._fused is None or self._fused[0] != key:
+            heads, qk, v = self.num_attention_heads, self.head_dim, self.v_head_dim
+            rows = [(self.q_proj, qk, qk_pad), (self.k_proj, qk, qk_pad), (self.v_proj, v, v_pad)]
+            weight = torch.cat([_pad_heads(m.weight, heads, d, p, axis=0) for m, d, p in rows])
+            bias = None
+            if self.q_proj.bias is not None:
+                bias = torch.cat([_pad_heads(m.bias, heads, d, p, axis=0) for m, d, p in rows])
+            o_weight = _pad_heads(self.o_proj.weight, heads, v, v_pad, axis=1)
+            sizes = [heads * (qk + qk_pad)] * 2 + [heads * (v + v_pad)]
+            self._fused = (key, (weight, bias, sizes, o_weight))
+        return self._fused[1]
+
+    def _fused_forward(self, hidden_states, attention_mask, attention_interface, qk_pad, v_pad, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        heads = self.num_attention_heads
+        weight, bias, sizes, o_weight = self._fused_weights(qk_pad, v_pad)
+        query, key, value = nn.functional.linear(hidden_states, weight, bias).split(sizes, dim=-1)
+        query, key, value = (t.view(*input_shape, heads, -1).transpose(1, 2) for t in (query, key, value))
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
+        attn_output = attn_output.reshape(*input_shape, -1)
+        return nn.functional.linear(attn_output, o_weight, self.o_proj.bias), attn_weights
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         heads = self.num_attention_heads
+        if (
+            self.config._attn_implementation == "sdpa"
+            and not self.training
+            and not torch.is_grad_enabled()
+            and _fuse_qkv(hidden_states.device.type)
+            and not torch.compiler.is_compiling()
+        ):
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", eager_attention_forward)
+            qk_pad, v_pad = _sdpa_pad(self.head_dim, self.v_head_dim, hidden_states.device.type)
+            return self._fused_forward(hidden_states, attention_mask, attention_interface, qk_pad, v_pad, **kwargs)
+        self._fused = None  # training or another path: drop the cached copies
         query_states = self.q_proj(hidden_states).view(*input_shape, heads, self.head_dim).transpose(1, 2)
         key_states = self.k_proj(hidden_states).view(*input_shape, heads, self.head_dim).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(*input_shape, heads, self.v_head_dim).transpose(1, 2)
