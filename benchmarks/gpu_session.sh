@@ -45,7 +45,7 @@ import optimum_snp, pyarrow, datasets; print('optimum_snp', optimum_snp.__versio
 
 step tests.log "${LIMIT_TESTS:-140}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_dtypes.py
 step gpu_latency.md "${LIMIT_LATENCY:-100}" $PY benchmarks/gpu_latency.py --batch-sizes 1 64 256 --graphs --unfused
-step rounding.md "${LIMIT_ROUNDING:-130}" $PY benchmarks/gpu_rounding.py --csv "$OUT/rounding_micro.csv"
+step rounding.md "${LIMIT_ROUNDING:-130}" $PY benchmarks/gpu_rounding.py ${ROUNDING_ARGS:---csv $OUT/rounding_micro.csv}
 step latency_targets.md "${LIMIT_TARGETS:-100}" $PY benchmarks/latency_targets.py --skip-digits --device cuda \
     --dtype float16 --batch-sizes 1 64 256 --keep 0.5 0.3
 step prune_speed.log "${LIMIT_PRUNE:-70}" $PY benchmarks/prune_speed.py --device cuda --ratio-table DeiT_b

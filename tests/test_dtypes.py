@@ -210,12 +210,35 @@ def test_fused_qkv_inference_is_exact_and_follows_the_weights(family, monkeypatc
     torch.testing.assert_close(fused, logits_of(pruned, x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(fused, eager, atol=1e-3)
 
+    # a hook on a projection (scoring and refit statistics, user hooks) sees its inputs: the plain path runs
+    seen = []
+    handles = [attentions[1].o_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))]
+    handles.append(attentions[1].q_proj.register_forward_hook(lambda m, args, out: seen.append(out.shape[-1])))
+    pruned.set_attn_implementation("sdpa")
+    hooked = logits_of(pruned, x)
+    for handle in handles:
+        handle.remove()
+    assert sorted(seen) == sorted([attentions[1].o_proj.in_features, attentions[1].q_proj.out_features])
+    assert attentions[1]._fused is None and attentions[0]._fused is not None
+    torch.testing.assert_close(hooked, fused, rtol=1e-5, atol=1e-5)
+
     # training (gradients) takes the plain path and drops the cache
     pruned.set_attn_implementation("sdpa")
     pruned.train()
     pruned(pixel_values=x).logits.sum().backward()
     assert all(m._fused is None for m in attentions)
     assert attentions[0].q_proj.weight.grad is not None
+
+
+def test_pipeline_with_the_cuda_attention_rules_prunes_the_same(digits, processor, test_images, monkeypatch):
+    # the pipeline's own no-grad passes (scoring, refit, validation) on a model whose inference takes the fused path
+    model = tiny_model("vit", attn="sdpa", seed=7, num_labels=10)
+    _, want = _prune(copy.deepcopy(model), digits, processor)
+    monkeypatch.setattr(modeling_snp, "_sdpa_pad", lambda qk, v, device_type: _sdpa_pad(qk, v, "cuda"))
+    monkeypatch.setattr(modeling_snp, "_fuse_qkv", lambda device_type: True)
+    _, got = _prune(model, digits, processor)
+    assert get_adapter(got).layer_dims() == get_adapter(want).layer_dims()
+    torch.testing.assert_close(logits_of(got, test_images), logits_of(want, test_images), rtol=1e-4, atol=1e-4)
 
 
 def test_meta_model_is_refused(processor):

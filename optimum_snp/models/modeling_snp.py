@@ -60,6 +60,17 @@ def _fuse_qkv(device_type: str) -> bool:
     return device_type == "cuda"
 
 
+def _plain_linears(*modules: nn.Module) -> bool:
+    """Whether `modules` are plain `nn.Linear`s that nothing observes or wraps (no forward hooks, no `forward`
+    replaced on the instance, not a subclass such as a LoRA or quantized layer), so that their products may be
+    computed from their weights directly."""
+    hooked = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    return not hooked and all(
+        type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks and "forward" not in vars(m)
+        for m in modules
+    )
+
+
 def _pad_heads(tensor: torch.Tensor, heads: int, dim: int, pad: int, axis: int) -> torch.Tensor:
     """`tensor` with `pad` zeros appended to each of its `heads` blocks of `dim` entries along `axis`: 0 for a
     projection's output rows (a weight or a bias), 1 for its input columns."""
@@ -137,6 +148,7 @@ class SNPAttention(nn.Module):
             and not torch.is_grad_enabled()
             and _fuse_qkv(hidden_states.device.type)
             and not torch.compiler.is_compiling()
+            and _plain_linears(self.q_proj, self.k_proj, self.v_proj, self.o_proj)
         ):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", eager_attention_forward)
             qk_pad, v_pad = _sdpa_pad(self.head_dim, self.v_head_dim, hidden_states.device.type)
