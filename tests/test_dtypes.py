@@ -2,8 +2,8 @@
 SDPA padding rule of every device (the CUDA one exercised on the CPU), and clear errors for models that are not on
 one real device.
 
-The GPU itself is not needed: CUDA differs from the CPU only in where the tensors live, which these tests cannot
-move; `benchmarks/gpu_latency.py` is the check to run on a GPU machine.
+The CUDA rules (padding, the fused query/key/value projection of inference) are exercised on the CPU too; the tests
+marked `cuda` run on a GPU machine (`bash benchmarks/gpu_session.sh` runs them with the GPU benchmarks).
 """
 
 from __future__ import annotations
