@@ -47,6 +47,6 @@ step tests.log "${LIMIT_TESTS:-140}" $PY -m pytest -q -rs -p no:cacheprovider te
 step gpu_latency.md "${LIMIT_LATENCY:-100}" $PY benchmarks/gpu_latency.py --batch-sizes 1 64 256 --graphs --unfused
 step rounding.md "${LIMIT_ROUNDING:-130}" $PY benchmarks/gpu_rounding.py ${ROUNDING_ARGS:---csv $OUT/rounding_micro.csv}
 step latency_targets.md "${LIMIT_TARGETS:-100}" $PY benchmarks/latency_targets.py --skip-digits --device cuda \
-    --dtype float16 --batch-sizes 1 64 256 --keep 0.5 0.3
+    --dtype float16 ${TARGETS_ARGS:---batch-sizes 1 64 256 --keep 0.5 0.3}
 step prune_speed.log "${LIMIT_PRUNE:-70}" $PY benchmarks/prune_speed.py --device cuda --ratio-table DeiT_b
 echo "=== all steps done in $(($(date +%s) - T0)) s"
