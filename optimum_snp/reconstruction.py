@@ -329,8 +329,6 @@ def reconstruct(
     unpruned model's before and after the refit (least squares), and the statistics' size in bytes.
     """
     check_reconstruct(mode, ridge)
-    if ridge is None:
-        ridge = get_adapter(pruned).default_ridge
     refit_target = check_refit_target(refit_target, get_adapter(pruned))
     if qk_alternatives and mode != "least_squares":
         raise ValueError(
@@ -345,6 +343,8 @@ def reconstruct(
             f"reconstruct={mode!r} refits the pruned model on calibration data, but none was given: pass "
             "`calibration_dataset` (a few unlabeled images are enough), or use reconstruct='none'."
         )
+    if ridge is None:
+        ridge = default_ridge(get_adapter(pruned), len(batches))
     plan = plan.normalized()
     adapter_o, adapter_p = get_adapter(original), get_adapter(pruned)
     source_dims = adapter_o.layer_dims()
@@ -535,6 +535,14 @@ def _projection_stats(
         if handle is not None:
             handle.remove()
     return stats, kept
+
+
+def default_ridge(adapter, num_batches: int) -> float | str:
+    """The ridge `SNPConfig(ridge=None)` means for `adapter`'s architecture: its `default_ridge`, or its
+    `fallback_ridge` where that is "cv" and the calibration data is a single batch (nothing to cross-validate on)."""
+    if adapter.default_ridge == "cv" and num_batches < 2:
+        return adapter.fallback_ridge
+    return adapter.default_ridge
 
 
 def _refit(stats: ProjectionStats, proj: nn.Linear, ridge) -> tuple[torch.Tensor, torch.Tensor | None, float]:

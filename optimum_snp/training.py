@@ -16,6 +16,8 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 
 DISTILLATION_TYPES = ("soft", "hard", "none")
+# feature-extraction students (no logits): what is matched to the teacher's last hidden states
+EMBEDDING_LOSSES = ("pooled", "pooled+tokens")
 
 
 @dataclass
@@ -42,8 +44,22 @@ class SNPTrainingArguments(TrainingArguments):
         },
     )
 
+    embedding_loss: str = field(
+        default="pooled",
+        metadata={
+            "help": "Feature-extraction students (no logits): 'pooled': 1 - cosine of the mean-pooled embeddings; "
+            "'pooled+tokens': plus the mean of 1 - cosine over every real token's hidden state (a target per token, "
+            "not per sentence).",
+            "choices": list(EMBEDDING_LOSSES),
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.embedding_loss not in EMBEDDING_LOSSES:
+            raise ValueError(
+                f"embedding_loss={self.embedding_loss!r} is not supported; use one of {list(EMBEDDING_LOSSES)}."
+            )
         if self.distillation_type not in DISTILLATION_TYPES:
             raise ValueError(
                 f"distillation_type={self.distillation_type!r} is not supported; use one of {list(DISTILLATION_TYPES)}."
@@ -200,8 +216,13 @@ class SNPDistillationTrainer(Trainer):
         student = outputs.last_hidden_state.float()
         mask = inputs.get("attention_mask")
         mask = torch.ones(student.shape[:2], device=student.device) if mask is None else mask.to(student.dtype)
+        teacher = teacher.to(student.device)
         pool = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # noqa: E731
-        return (1 - F.cosine_similarity(pool(student), pool(teacher.to(student.device)), dim=-1)).mean()
+        loss = (1 - F.cosine_similarity(pool(student), pool(teacher), dim=-1)).mean()
+        if getattr(self.args, "embedding_loss", "pooled") == "pooled+tokens":
+            per_token = 1 - F.cosine_similarity(student, teacher, dim=-1)
+            loss = loss + (per_token * mask).sum() / mask.sum().clamp_min(1)
+        return loss
 
 
 __all__ = ["SNPTrainingArguments", "SNPDistillationTrainer", "DISTILLATION_TYPES"]

@@ -184,3 +184,32 @@ def test_cross_validated_ridge_picks_the_lowest_held_out_error_per_projection(to
     assert SNPConfig(ridge="cv").ridge == "cv"
     with pytest.raises(ValueError, match="or 'cv'"):
         SNPConfig(ridge="auto")
+
+
+def test_text_default_ridge_is_cross_validated_with_a_fixed_fallback(tokenizer):
+    from optimum_snp.config import RIDGE_GRID
+
+    model = _model("bert", seed=1)
+    plan = random_plan(model, seed=3)
+    adapter = get_adapter(model)
+    assert adapter.default_ridge == "cv" and adapter.fallback_ridge == 0.3
+    batches = _batches("bert", tokenizer)
+    # ridge=None: the architecture's default, cross-validated; the same refit as ridge='cv' asked for explicitly
+    default = apply_plan(model, plan)
+    report = reconstruct(model, default, plan, batches, show_progress=False)
+    assert report["ridge"] == "cv" and all(layer["fc2"]["ridge"] in RIDGE_GRID for layer in report["layers"])
+    explicit = apply_plan(model, plan)
+    reconstruct(model, explicit, plan, batches, ridge="cv", show_progress=False)
+    for a, b in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # a single batch: nothing to cross-validate on, the fixed fallback (no error, unlike an explicit ridge='cv')
+    single = apply_plan(model, plan)
+    report = reconstruct(model, single, plan, batches[:1], show_progress=False)
+    assert report["ridge"] == 0.3
+    fixed = apply_plan(model, plan)
+    reconstruct(model, fixed, plan, batches[:1], ridge=0.3, show_progress=False)
+    for a, b in zip(single.state_dict().values(), fixed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # ViT/DeiT keep their fixed default
+    vit = tiny_model("vit")
+    assert get_adapter(vit).default_ridge == 1e-3

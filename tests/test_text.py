@@ -359,3 +359,28 @@ def test_task_pipelines_run_on_a_pruned_folder(task, cls, tokenizer, tmp_path):
         assert len(run("the cat sat on the [MASK]")) == 5  # top-5 completions from the tied decoder
     else:
         assert isinstance(run("the cat sat on the mat"), list)
+
+
+@pytest.mark.parametrize("loss", ["pooled", "pooled+tokens"])
+def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
+    import torch.nn.functional as F
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    teacher = _model("bert", BertModel)
+    student = apply_plan(teacher, random_plan(teacher, seed=7))
+    args = SNPTrainingArguments(str(tmp_path / "run"), report_to=[], embedding_loss=loss)
+    trainer = SNPDistillationTrainer(model=student, teacher=teacher, args=args)
+    inputs = encode(tokenizer, sentences(5, seed=4))  # padded: different lengths
+    got = trainer.compute_loss(student, dict(inputs))
+    # the same from the definition: mean-pooled over real tokens (and per real token) 1 - cosine
+    with torch.no_grad():
+        t, s = teacher(**inputs).last_hidden_state, student(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].bool()
+    pooled = lambda h: torch.stack([h[i][mask[i]].mean(0) for i in range(len(h))])  # noqa: E731
+    want = (1 - F.cosine_similarity(pooled(s), pooled(t), dim=-1)).mean()
+    if loss == "pooled+tokens":
+        want = want + (1 - F.cosine_similarity(s[mask], t[mask], dim=-1)).mean()
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="embedding_loss"):
+        SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], embedding_loss="tokens")

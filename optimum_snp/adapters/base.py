@@ -53,8 +53,10 @@ class ArchitectureAdapter:
     # allocation='validated' also tries allocation='sensitivity' (measured per-(layer, group) loss curves; costs
     # 12 cuts per layer, each refit and measured on the held-out samples)
     sensitivity_candidate: bool = False
-    # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X))
-    default_ridge: float = 1e-3
+    # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X)), or "cv"
+    # (chosen per projection by cross-validation over calibration batches; `fallback_ridge` when there is only one)
+    default_ridge: float | str = 1e-3
+    fallback_ridge: float = 1e-3
     # calibration samples when SNPConfig.num_calibration_samples is None (held-out validation samples come on top)
     default_calibration_samples: int = 64
 
