@@ -177,7 +177,8 @@ class SNPConfig:
         metadata={
             "help": "Ridge of the least-squares refit towards the sliced weights, relative to the mean of diag(X^T X); "
             ">= 0, or 'cv': chosen per projection among RIDGE_GRID by 4-fold cross-validation over the calibration "
-            "batches. None: the architecture's default (measured: 1e-3 for ViT/DeiT, 0.3 for text encoders)."
+            "batches. None: the architecture's default (measured: 1e-3 for ViT/DeiT; 'cv' for text encoders, 0.3 when "
+            "the calibration data is a single batch)."
         },
     )
     refit_target: str | None = field(
