@@ -38,6 +38,10 @@ from .layer_dims import LayerDims
 CACHE_VERSION = 1
 # a timed call repeats the function until it takes at least this long (tiny layers run in microseconds)
 MIN_CALL_SECONDS = 2e-3
+# and a whole-model measurement (`measure_latency`) takes more rounds (up to MAX_RUNS) until they last this long:
+# the median of ten fast calls moves by 10-20% on a busy CPU (DeiT-S at batch 1 on 2 cores)
+MIN_MEASURE_SECONDS = 3.0
+MAX_RUNS = 50
 
 
 def cache_dir() -> str:
@@ -68,14 +72,20 @@ def _sync(device: torch.device) -> None:
 
 
 def _measure(
-    fns: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1, device: torch.device | None = None
+    fns: dict[str, Callable[[], object]],
+    runs: int = 5,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    min_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Median seconds per call of every function, from `runs` interleaved rounds (order alternating) after `warmup`
-    rounds; a call repeats a fast function until it lasts MIN_CALL_SECONDS. The one timing function of this module
+    rounds (more rounds, up to MAX_RUNS, while they last less than `min_seconds` together); a call repeats a fast
+    function until it lasts MIN_CALL_SECONDS. The one timing function of this module
     (tests replace it to count measurements)."""
     device = device or torch.device("cpu")
     names = list(fns)
     repeats = {}
+    round_seconds = 0.0
     for name in names:  # warm-up, and how many repeats make one timed call
         for _ in range(max(warmup, 1)):
             _sync(device)
@@ -84,6 +94,8 @@ def _measure(
             _sync(device)
             elapsed = time.perf_counter() - start
         repeats[name] = max(1, min(1000, int(MIN_CALL_SECONDS / max(elapsed, 1e-7)) + 1))
+        round_seconds += elapsed * repeats[name]
+    runs = max(runs, min(MAX_RUNS, int(min_seconds / max(round_seconds, 1e-7))))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(runs):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -401,7 +413,7 @@ def measure_latency(
         m.eval()
     try:
         with torch.inference_mode():
-            seconds = _measure(fns, runs=runs, warmup=warmup, device=device)
+            seconds = _measure(fns, runs=runs, warmup=warmup, device=device, min_seconds=MIN_MEASURE_SECONDS)
     finally:
         for name, m in models.items():
             m.train(states[name])

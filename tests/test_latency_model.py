@@ -43,7 +43,7 @@ def counted(monkeypatch):
     """Replaces the timing function: counts its calls, returns deterministic timings (nothing is run)."""
     calls = []
 
-    def measure(fns, runs=5, warmup=1, device=None):
+    def measure(fns, runs=5, warmup=1, device=None, **kwargs):
         calls.append(len(fns))
         return {name: _fake_seconds(name) for name in fns}
 
@@ -131,7 +131,7 @@ def flop_timed(monkeypatch):
     machine shared with other jobs cannot give: the pipeline's logic is tested, not this machine's timer)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def measure(fns, runs=5, warmup=1, device=None):
+    def measure(fns, runs=5, warmup=1, device=None, **kwargs):
         seconds = {}
         for name, fn in fns.items():
             with FlopCounterMode(display=False) as counter:
@@ -196,3 +196,20 @@ def test_allocation_with_a_macs_layer_cost_matches_the_macs_path(blocks):
         assert uniform_dims(layer_cost=macs, fixed_cost=fixed, **kw) == uniform_dims(**kw)
     with pytest.raises(ValueError, match="Latency target"):
         allocate_dims(scores, layer_cost=macs, fixed_cost=fixed, **dict(common, target_macs=0.01 * total))
+
+
+def test_whole_model_measurements_take_more_rounds_when_calls_are_fast():
+    import time
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.004)
+
+    lm_module._measure({"f": fn}, runs=3, warmup=1)
+    assert len(calls) == 1 + 3  # warm-up + runs: the layer grid's measurements keep their rounds
+    calls.clear()
+    lm_module._measure({"f": fn}, runs=3, warmup=1, min_seconds=0.2)
+    assert 1 + 10 <= len(calls) <= 1 + 50  # about 0.2 s / 4 ms rounds, at most MAX_RUNS
+    assert lm_module.MIN_MEASURE_SECONDS > 0 and lm_module.MAX_RUNS == 50
