@@ -426,7 +426,6 @@ class SNPPruner:
 
         context = self._context
         held_out, reference = context["held_out_reference"]()
-        adapter = get_adapter(self.model)
         jobs = [
             (idx, group, field, fraction)
             for idx, base in enumerate(base_dims)
@@ -680,10 +679,11 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     return criteria["qk"] == "validated" and qk_pruned
 
 
-def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor], str]:
+def _output_rows(outputs, mask: torch.Tensor | None, pooled: bool = False) -> tuple[list[torch.Tensor], str]:
     """(row groups, kind) of a model output: class logits ('logits': one row per input, or per real token), start
     and end logits of question answering ('logits': two rows per sequence, over its real tokens), or hidden states
-    ('hidden': one row per real token) of base models."""
+    of base models ('hidden': one row per real token; with `pooled`, 'pooled': their mean per sequence, the sentence
+    embedding)."""
     if getattr(outputs, "start_logits", None) is not None:
         spans = torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # (batch, 2, tokens)
         reals = mask.to(spans.device) if mask is not None else torch.ones_like(spans[:, 0], dtype=torch.bool)
@@ -691,6 +691,10 @@ def _output_rows(outputs, mask: torch.Tensor | None) -> tuple[list[torch.Tensor]
     rows, kind = getattr(outputs, "logits", None), "logits"
     if rows is None:
         rows, kind = outputs.last_hidden_state, "hidden"
+        if pooled:
+            real = (mask if mask is not None else torch.ones(rows.shape[:2], dtype=torch.bool)).to(rows.device)
+            real = real[..., None].to(rows.dtype)
+            return [(rows * real).sum(1) / real.sum(1).clamp_min(1)], "pooled"
     if rows.dim() == 3:
         rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
     return [rows], kind
@@ -722,7 +726,7 @@ class _OutputRecorder:
         """What `_outputs(model, batches)` returns, from the recorded outputs of the same batches."""
         groups, kind = [], "logits"
         for output, batch in zip(self.outputs, batches, strict=True):
-            rows, kind = _output_rows(output, adapter.token_mask(batch))
+            rows, kind = _output_rows(output, adapter.token_mask(batch), adapter.pooled_divergence)
             groups += [r.detach().float() for r in rows]
         return groups, kind
 
@@ -736,7 +740,8 @@ def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
     try:
         groups, kind = [], "logits"
         for batch in batches:
-            rows, kind = _output_rows(model(**adapter.model_inputs(batch)), adapter.token_mask(batch))
+            outputs = model(**adapter.model_inputs(batch))
+            rows, kind = _output_rows(outputs, adapter.token_mask(batch), adapter.pooled_divergence)
             groups += [r.float() for r in rows]
         return groups, kind
     finally:
@@ -745,7 +750,8 @@ def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
 
 def _divergence(reference: tuple, outputs: tuple, hidden: list[int]) -> float:
     """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
-    their mean squared error relative to the reference's mean square (on the kept `hidden` channels)."""
+    their mean squared error relative to the reference's mean square, or for pooled ones (sentence embeddings) the
+    mean of 1 - cosine (on the kept `hidden` channels)."""
     (ref_groups, kind), out_groups = reference, outputs[0]
     if kind == "logits":
         kls = []
@@ -756,6 +762,8 @@ def _divergence(reference: tuple, outputs: tuple, hidden: list[int]) -> float:
     ref, out = torch.cat(ref_groups), torch.cat(out_groups)
     if ref.shape[-1] != out.shape[-1]:
         ref = ref[..., hidden]
+    if kind == "pooled":
+        return float((1 - torch.nn.functional.cosine_similarity(ref, out, dim=-1)).mean())
     return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
 
 

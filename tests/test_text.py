@@ -385,3 +385,24 @@ def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
     torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="embedding_loss"):
         SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], embedding_loss="tokens")
+
+
+def test_pooled_divergence_of_base_models_ignores_padding(tokenizer):
+    import torch.nn.functional as F
+
+    from optimum_snp.pruner import _divergence, _output_rows
+
+    model = _model("bert", BertModel)
+    pruned = apply_plan(model, random_plan(model, seed=7))
+    texts = sentences(5, seed=2)
+    padded = encode(tokenizer, texts)
+    with torch.no_grad():
+        ref = _output_rows(model(**padded), padded["attention_mask"].bool(), pooled=True)
+        out = _output_rows(pruned(**padded), padded["attention_mask"].bool(), pooled=True)
+        singles = [encode(tokenizer, [t]) for t in texts]
+        one_by_one = [model(**s).last_hidden_state[0].mean(0) for s in singles]
+    assert ref[1] == "pooled" and ref[0][0].shape == (5, model.config.hidden_size)
+    torch.testing.assert_close(ref[0][0], torch.stack(one_by_one), atol=1e-5, rtol=1e-4)
+    want = float((1 - F.cosine_similarity(ref[0][0], out[0][0], dim=-1)).mean())
+    assert _divergence(ref, out, list(range(model.config.hidden_size))) == pytest.approx(want)
+    assert _divergence(ref, ref, list(range(model.config.hidden_size))) == pytest.approx(0.0, abs=1e-6)

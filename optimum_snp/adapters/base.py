@@ -53,6 +53,10 @@ class ArchitectureAdapter:
     # allocation='validated' also tries allocation='sensitivity' (measured per-(layer, group) loss curves; costs
     # 12 cuts per layer, each refit and measured on the held-out samples)
     sensitivity_candidate: bool = False
+    # the held-out divergence of a base model (no logits) that chooses among candidates: False, the relative mean
+    # squared error of its hidden states per token; True, 1 - cosine of their mean over each sequence's real tokens
+    # (its sentence embedding)
+    pooled_divergence: bool = False
     # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X)), or "cv"
     # (chosen per projection by cross-validation over calibration batches; `fallback_ridge` when there is only one)
     default_ridge: float | str = 1e-3
