@@ -52,6 +52,9 @@ VARIANTS = {
     "residual+cv": {"refit_target": "residual", "ridge": "cv"},
     "sensitivity": {"allocation": "sensitivity"},
     "sensitivity+residual": {"allocation": "sensitivity", "refit_target": "residual"},
+    # adapter switches (not SNPConfig options): set on the text adapter class for the run
+    "pooled-divergence": {"_adapter": {"pooled_divergence": True}},
+    "token-divergence": {"_adapter": {"pooled_divergence": False}},
 }
 
 
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     from datasets import Dataset
     from transformers import AutoModel, AutoTokenizer
 
-    from optimum_snp import SNPConfig, SNPPruner
+    from optimum_snp import SNPConfig, SNPPruner, get_adapter
 
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -190,15 +193,25 @@ def main(argv=None) -> int:
     pruned_default = {}
     for target in args.targets:
         for variant in args.variants:
+            options = dict(VARIANTS[variant])
+            switches = options.pop("_adapter", {})
             config = SNPConfig(
                 target_macs_ratio=target,
                 num_calibration_samples=args.calibration - 32,
                 num_validation_samples=32,
-                **VARIANTS[variant],
+                **options,
             )
             pruner = SNPPruner(model, tokenizer=tokenizer)
+            adapter_cls = type(get_adapter(model))
+            saved = {k: getattr(adapter_cls, k) for k in switches}
+            for key, value in switches.items():
+                setattr(adapter_cls, key, value)
             start = time.perf_counter()
-            pruned = pruner.prune(config, calibration, show_progress=False)
+            try:
+                pruned = pruner.prune(config, calibration, show_progress=False)
+            finally:
+                for key, value in saved.items():
+                    setattr(adapter_cls, key, value)
             seconds = time.perf_counter() - start
             cosine, spearman = fidelity(reference, embed(pruned, tokenizer, texts))
             report = pruner.report
