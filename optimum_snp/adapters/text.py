@@ -62,6 +62,10 @@ class TextEncoderAdapter(ArchitectureAdapter):
     # and the validated allocation also tries measured loss curves: on the MiniLM tune split, with the residual
     # target, 50% MACs 0.837 / 0.856 (validated) -> 0.900 / 0.879 (sensitivity), 70% 0.947 / 0.948 -> 0.953 / 0.945
     sensitivity_candidate = True
+    # a base model's candidates and sensitivity curves compared on its sentence embeddings (1 - cosine of the mean-
+    # pooled hidden states) rather than per token: MiniLM tune split, 50% MACs 0.907 / 0.887 -> 0.908 / 0.896, 70%
+    # 0.956 / 0.948 -> 0.957 / 0.954 (benchmarks/results/minilm_tune_pooled_divergence.txt)
+    pooled_divergence = True
 
     @classmethod
     def num_tokens(cls, config, input_size=None) -> int:
