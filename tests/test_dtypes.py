@@ -210,6 +210,17 @@ def test_fused_qkv_inference_is_exact_and_follows_the_weights(family, monkeypatc
     torch.testing.assert_close(fused, logits_of(pruned, x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(fused, eager, atol=1e-3)
 
+    # an edit through `.data` bumps no version counter: `eval()` (what one calls after editing weights) drops the copies
+    pruned.set_attn_implementation("sdpa")
+    before = logits_of(pruned, x)
+    attentions[0].k_proj.weight.data.mul_(0.5)
+    pruned.eval()
+    edited = logits_of(pruned, x)
+    pruned.set_attn_implementation("eager")
+    torch.testing.assert_close(edited, logits_of(pruned, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(edited, before, atol=1e-4)
+    fused = edited
+
     # a hook on a projection (scoring and refit statistics, user hooks) sees its inputs: the plain path runs
     seen = []
     handles = [attentions[1].o_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))]

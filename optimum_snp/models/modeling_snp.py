@@ -106,6 +106,10 @@ class SNPAttention(nn.Module):
         self.o_proj = nn.Linear(v_width, config.hidden_size, bias=True)
         self._fused = None  # (key, tensors) of `_fused_weights`; a cache, not a parameter or buffer
 
+    def train(self, mode: bool = True):
+        self._fused = None  # `model.eval()` / `.train()` drop the fused copies (e.g. after an edit through `.data`)
+        return super().train(mode)
+
     def _fused_weights(self, qk_pad: int, v_pad: int) -> tuple:
         """Query, key and value projections as one (each head's rows zero-padded by `qk_pad` / `v_pad`, so that the
         product comes out in the padded layout SDPA takes) and the output projection with matching zero columns.
