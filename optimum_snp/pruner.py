@@ -37,7 +37,7 @@ from .report import build_report
 from .scoring import magnitude_scores
 from .scoring.snp import scores_to_cpu, snp_scores
 from .slicing import apply_plan
-from .utils import atomic_directory, check_output_dir
+from .utils import atomic_directory, check_output_dir, mean_pool
 
 
 logger = logging.getLogger(__name__)
@@ -692,9 +692,8 @@ def _output_rows(outputs, mask: torch.Tensor | None, pooled: bool = False) -> tu
     if rows is None:
         rows, kind = outputs.last_hidden_state, "hidden"
         if pooled:
-            real = (mask if mask is not None else torch.ones(rows.shape[:2], dtype=torch.bool)).to(rows.device)
-            real = real[..., None].to(rows.dtype)
-            return [(rows * real).sum(1) / real.sum(1).clamp_min(1)], "pooled"
+            real = mask if mask is not None else torch.ones(rows.shape[:2], dtype=torch.bool)
+            return [mean_pool(rows, real)], "pooled"
     if rows.dim() == 3:
         rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
     return [rows], kind

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .utils import mean_pool
+
 
 DISTILLATION_TYPES = ("soft", "hard", "none")
 # feature-extraction students (no logits): what is matched to the teacher's last hidden states
@@ -217,8 +219,7 @@ class SNPDistillationTrainer(Trainer):
         mask = inputs.get("attention_mask")
         mask = torch.ones(student.shape[:2], device=student.device) if mask is None else mask.to(student.dtype)
         teacher = teacher.to(student.device)
-        pool = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # noqa: E731
-        loss = (1 - F.cosine_similarity(pool(student), pool(teacher), dim=-1)).mean()
+        loss = (1 - F.cosine_similarity(mean_pool(student, mask), mean_pool(teacher, mask), dim=-1)).mean()
         if getattr(self.args, "embedding_loss", "pooled") == "pooled+tokens":
             per_token = 1 - F.cosine_similarity(student, teacher, dim=-1)
             loss = loss + (per_token * mask).sum() / mask.sum().clamp_min(1)

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
+
 
 def check_output_dir(
     path: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None, name: str = "save_dir"
@@ -85,3 +87,10 @@ def _publish(tmp: str, target: str, is_complete: Callable[[str], bool] | None) -
 
 
 __all__ = ["atomic_directory", "check_output_dir"]
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` (batch, tokens, dim) over each sequence's real tokens (`mask`: 1 / True), the sentence
+    embedding sentence-transformers computes."""
+    real = mask.to(device=hidden.device, dtype=hidden.dtype)[..., None]
+    return (hidden * real).sum(1) / real.sum(1).clamp_min(1)
