@@ -32,7 +32,7 @@ from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, SNPConfig
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
-from .reconstruction import TargetCache, chosen_plan, reconstruct
+from .reconstruction import TargetCache, chosen_plan, layer_inputs, next_layer_inputs, reconstruct, skipped_layers
 from .report import build_report
 from .scoring import magnitude_scores
 from .scoring.snp import scores_to_cpu, snp_scores
@@ -433,17 +433,32 @@ class SNPPruner:
             if getattr(base, field) > 1
             for fraction in SENSITIVITY_LEVELS
         ]
+        least_squares = config.reconstruct == "least_squares"
+        # every cut of layer idx shares layers 0..idx-1 with the model pruned to the base dims (nothing refit there):
+        # their inputs of layer idx are computed once, one layer further for each idx, and each cut runs from there
+        # (its refit from layer idx on the calibration batches, its held-out pass from layer idx on); bias
+        # compensation works on the whole model and takes the full passes
+        shared = config.reconstruct in ("least_squares", "none")
+        if shared:
+            base_model = apply_plan(self.model, plan_from_kept_dims(scores, kept_hidden, base_dims)).eval()
+            calibration = layer_inputs(base_model, context["batches"]) if least_squares else None
+            held_out_inputs = layer_inputs(base_model, held_out)
+        like, current = None, 0
         points: dict[tuple[int, str], dict[int, float]] = {}
         for idx, group, field, fraction in tqdm(
             jobs, desc="SNP sensitivity", unit="cut", disable=not context["progress"]
         ):
+            while shared and current < idx:
+                if calibration is not None:
+                    calibration, _ = next_layer_inputs(base_model, current, calibration)
+                held_out_inputs, like = next_layer_inputs(base_model, current, held_out_inputs)
+                current += 1
             full = getattr(base_dims[idx], field)
             kept = max(1, round(fraction * full))
             dims = list(base_dims)
             dims[idx] = replace(dims[idx], **{field: kept})
             plan = plan_from_kept_dims(scores, kept_hidden, dims)
             pruned = apply_plan(self.model, plan)
-            least_squares = config.reconstruct == "least_squares"
             reconstruct(
                 self.model,
                 pruned,
@@ -455,8 +470,16 @@ class SNPPruner:
                 cache=context["cache"] if least_squares else None,
                 refit_target=config.refit_target,
                 layers=[idx] if least_squares else None,
+                start=(idx, calibration) if least_squares else None,
             )
-            points.setdefault((idx, group), {})[kept] = _divergence(reference, _outputs(pruned, held_out), plan.hidden)
+            skip = (
+                skipped_layers(pruned, idx, [h for h, _, _ in held_out_inputs], like)
+                if shared
+                else contextlib.nullcontext()
+            )
+            with skip:
+                outputs = _outputs(pruned, held_out)
+            points.setdefault((idx, group), {})[kept] = _divergence(reference, outputs, plan.hidden)
         curves = {
             (idx, group): sensitivity_curve(values, getattr(base_dims[idx], dict(FIELDS)[group]))
             for (idx, group), values in points.items()

@@ -24,6 +24,7 @@ dims of the kept heads, `fc2` the kept MLP units); the adapter names them (`reco
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -191,6 +192,63 @@ def _run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict
     return _first(layer(hidden, *args, **kwargs))
 
 
+@torch.no_grad()
+def layer_inputs(model: nn.Module, batches) -> list[tuple[torch.Tensor, tuple, dict]]:
+    """What layer 0 of `model` receives for every batch: (hidden_states, other args, kwargs); only the model's
+    embeddings run. With `next_layer_inputs`, the inputs of any later layer, one layer at a time."""
+    return _layer_inputs(model, get_adapter(model), batches)
+
+
+@torch.no_grad()
+def next_layer_inputs(model: nn.Module, idx: int, inputs: list) -> tuple[list, object]:
+    """(the inputs of layer `idx + 1` for every batch, given layer `idx`'s `inputs`; one raw output of the layer, the
+    form `skipped_layers` returns)."""
+    layer, outputs, raw = get_adapter(model).layer(idx), [], None
+    for hidden, args, kwargs in inputs:
+        raw = layer(hidden, *args, **kwargs)
+        outputs.append((_first(raw), args, kwargs))
+    return outputs, raw
+
+
+def _like(raw, hidden: torch.Tensor):
+    """`hidden` in the form of a layer's raw output `raw` (a tensor, or a tuple whose first item is the hidden state)."""
+    if isinstance(raw, (tuple, list)):
+        return type(raw)([hidden, *[None] * (len(raw) - 1)])
+    return hidden
+
+
+@contextlib.contextmanager
+def skipped_layers(model: nn.Module, idx: int, hidden_states: list[torch.Tensor], like=None):
+    """While active, a forward pass of `model` skips its layers before `idx`: at its i-th call, layer `idx - 1`
+    returns `hidden_states[i]` (layer `idx`'s input for the i-th batch, e.g. from `next_layer_inputs`) and the layers
+    before it return their input, computing nothing; the embeddings, layers `idx`... and the head run as usual. The
+    adapter's layers are consecutive (each one's output is the next one's input), which the refit assumes too.
+    `like`: a raw output of one of the model's layers (its form: a tensor or a tuple)."""
+    if idx == 0:
+        yield
+        return
+    adapter = get_adapter(model)
+    calls = iter(hidden_states)
+
+    def passthrough(hidden, *args, **kwargs):
+        return _like(like, hidden)
+
+    def replay(hidden, *args, **kwargs):
+        try:
+            return _like(like, next(calls))
+        except StopIteration:
+            raise RuntimeError(f"skipped_layers: more forward passes than the {len(hidden_states)} cached") from None
+
+    layers = [adapter.layer(i) for i in range(idx)]
+    for i, layer in enumerate(layers):
+        layer.forward = replay if i == idx - 1 else passthrough  # the instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
 def check_refit_target(refit_target: str | None, adapter) -> str:
     """The refit target to use (`SNPConfig.refit_target`; None: the architecture's default)."""
     if refit_target is None:
@@ -308,6 +366,7 @@ def reconstruct(
     qk_alternatives: dict[str, PruningPlan] | None = None,
     refit_target: str | None = None,
     layers: Iterable[int] | None = None,
+    start: tuple[int, list] | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
@@ -317,6 +376,9 @@ def reconstruct(
     earlier layers is absorbed too). None = the architecture's default (`default_refit_target`).
     `layers` (least squares): refit only these layers (the others keep their weights; the layers after the last
     of them are not run), e.g. to measure how one layer's cut can be repaired.
+    `start` (least squares): (layer index, the pruned model's inputs of that layer for every batch, as
+    `next_layer_inputs` gives them): the refit starts at that layer, the layers before it are neither run nor refit
+    (e.g. cuts of one layer that share everything before it).
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
     `qk_alternatives`: plans that differ from `plan` only in the query/key dims each kept head keeps (e.g. chosen by
@@ -396,6 +458,7 @@ def reconstruct(
             alternatives,
             refit_target,
             None if layers is None else set(layers),
+            start,
         )
     finally:
         original.train(was_training[0])
@@ -568,13 +631,16 @@ def _least_squares(
     alternatives=None,
     refit_target="output",
     only=None,
+    start=None,
 ):
     from tqdm.auto import tqdm
 
     inputs_o = _layer_inputs(original, adapter_o, batches) if cache is None else None
     if cache is not None:
         cache.fill(batches)
-    inputs_p = _layer_inputs(pruned, adapter_p, batches)
+    first, inputs_p = (0, _layer_inputs(pruned, adapter_p, batches)) if start is None else (start[0], list(start[1]))
+    if len(inputs_p) != len(batches):
+        raise ValueError(f"`start` holds the inputs of {len(inputs_p)} batches but {len(batches)} were given.")
     masks = [adapter_p.token_mask(batch) for batch in batches]
     folds = CV_FOLDS if ridge == "cv" else 0
     layers = []
@@ -583,6 +649,11 @@ def _least_squares(
     for idx in progress:
         if only is not None and idx > max(only, default=-1):
             break
+        if idx < first:  # before `start`: only the unpruned model advances (without a target cache)
+            if cache is None:
+                inputs_o, _ = _unpruned_layer_pass(adapter_o, idx, [], inputs_o, hidden, refit_target)
+            layers.append({"layer": idx})
+            continue
         layer_p, mods_p = adapter_p.layer(idx), adapter_p.layer_modules(idx)
         # the pruned layer's targets: a block removed whole (block pruning) has nothing left to refit
         keys = [key for key, _ in adapter_p.reconstruction_targets(idx)] if only is None or idx in only else []
@@ -710,5 +781,8 @@ __all__ = [
     "check_reconstruct",
     "check_refit_target",
     "chosen_plan",
+    "layer_inputs",
+    "next_layer_inputs",
     "reconstruct",
+    "skipped_layers",
 ]

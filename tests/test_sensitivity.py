@@ -112,3 +112,102 @@ def test_text_models_also_try_the_sensitivity_allocation_when_validating(tmp_pat
     assert pruner.report["reconstruction"]["refit_target"] == "residual"  # the text encoders' default
     # image models do not (their adapters leave it off): tested in test_sensitivity_allocation_reaches_the_target...
     assert not get_adapter(tiny_model("vit")).sensitivity_candidate
+
+
+# ---- the shared-prefix measurement: every cut of layer i runs from layer i's cached inputs ------------------------
+def _skip_cases(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertModel
+
+    from .test_efficientformer import images, tiny as tiny_efficientformer
+    from .text_utils import encode, tiny_text_model, word_tokenizer
+
+    tokenizer = word_tokenizer(tmp_path)
+    text = [encode(tokenizer, sentences) for sentences in (["the cat sat", "a dog ran far away now"], ["cat"] * 3)]
+    pixels = [{"pixel_values": pixel_values(3, seed=s)} for s in (1, 2)]
+    return [
+        ("vit", tiny_model("vit"), pixels),
+        ("deit-teacher", tiny_model("deit-teacher", seed=1), pixels),
+        ("bert", tiny_text_model(BertForSequenceClassification, BertConfig, num_hidden_layers=3), text),
+        ("distilbert", tiny_text_model(DistilBertModel, DistilBertConfig, n_layers=3, dim=32, hidden_dim=48), text),
+        ("efficientformer", tiny_efficientformer(), [{"pixel_values": images(2, seed=s)} for s in (1, 2)]),
+    ]
+
+
+def test_skipped_layers_give_the_full_forward_pass_bit_for_bit(tmp_path):
+    from optimum_snp.pruner import _outputs
+    from optimum_snp.reconstruction import layer_inputs, next_layer_inputs, skipped_layers
+
+    for name, model, batches in _skip_cases(tmp_path):
+        plan = random_plan(model, seed=4)
+        pruned = apply_plan(model, plan)  # an SNP model, as the cuts are
+        full, _ = _outputs(pruned, batches)
+        inputs, like = layer_inputs(pruned, batches), None
+        for idx in range(get_adapter(pruned).num_layers):
+            with skipped_layers(pruned, idx, [h for h, _, _ in inputs], like):
+                skipped, _ = _outputs(pruned, batches)
+            assert len(skipped) == len(full), name
+            for a, b in zip(skipped, full, strict=True):
+                assert torch.equal(a, b), (name, idx)
+            inputs, like = next_layer_inputs(pruned, idx, inputs)
+        # the patched forwards are gone afterwards
+        assert all("forward" not in vars(layer) for layer in get_adapter(pruned).layers()), name
+
+
+def test_skipped_layers_are_only_real_when_their_cache_is_used():
+    from optimum_snp.pruner import _outputs
+    from optimum_snp.reconstruction import layer_inputs, next_layer_inputs, skipped_layers
+
+    model = tiny_model("vit")
+    batches = [{"pixel_values": pixel_values(3, seed=1)}]
+    inputs, like = next_layer_inputs(model, 0, layer_inputs(model, batches))
+    wrong = [h + torch.randn_like(h) for h, _, _ in inputs]  # layer 1's input changed: so must the output
+    with skipped_layers(model, 1, wrong, like):
+        changed, _ = _outputs(model, batches)
+    assert not torch.allclose(changed[0], _outputs(model, batches)[0][0])
+    with skipped_layers(model, 1, [h for h, _, _ in inputs], like), pytest.raises(RuntimeError, match="more forward"):
+        _outputs(model, batches * 2)
+
+
+@pytest.mark.parametrize("kind", ["vit-heads", "bert"])
+def test_sensitivity_curves_equal_the_cuts_measured_from_the_model_input(kind, tmp_path, monkeypatch):
+    """The shared-prefix curves (refit and held-out pass from layer i's cached inputs) equal, bit for bit, the same
+    cuts refit and measured from the model's input (the previous implementation)."""
+    import contextlib
+
+    import optimum_snp.pruner as pruner_module
+
+    if kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        from .text_utils import text_dataset, tiny_text_model, word_tokenizer
+
+        model = tiny_text_model(BertModel, BertConfig, num_hidden_layers=3)
+        make = lambda: SNPPruner(model, tokenizer=word_tokenizer(tmp_path))  # noqa: E731
+        data, extra = text_dataset(28), {}
+    else:  # heads pruned by ratio: the cuts share the base model's head-pruned layers, not the original's
+        model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+        make = lambda: SNPPruner.from_pretrained(model)  # noqa: E731
+        data, extra = digits(40), {"head_ratio": 0.25}
+    config = SNPConfig(
+        target_macs_ratio=0.6,
+        allocation="sensitivity",
+        num_calibration_samples=16,
+        num_validation_samples=8,
+        batch_size=4,
+        **extra,
+    )
+    pruner = make()
+    pruner.prune(config, calibration_dataset=data, show_progress=False)
+    shared = pruner.report["allocation"]["sensitivity"]
+
+    original_reconstruct = pruner_module.reconstruct
+
+    def from_the_input(*args, start=None, **kwargs):
+        return original_reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(pruner_module, "reconstruct", from_the_input)
+    monkeypatch.setattr(pruner_module, "skipped_layers", lambda *a, **k: contextlib.nullcontext())
+    reference = make()
+    reference.prune(config, calibration_dataset=data, show_progress=False)
+    assert shared == reference.report["allocation"]["sensitivity"]
+    assert len(shared) == 3 * get_adapter(model).num_layers
