@@ -31,7 +31,7 @@ import torch
 
 
 sys.path.insert(0, os.path.dirname(__file__))
-from text_data import english_sentences, text_splits  # noqa: E402
+from text_data import english_sentences, text_splits, wiki_sentences  # noqa: E402
 
 
 MODEL_DIR = Path(os.path.expanduser("~/.cache/optimum_snp/minilm"))
@@ -167,6 +167,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--distill-loss", nargs="+", default=["pooled+tokens"], choices=["pooled", "pooled+tokens"]
     )  # chosen on tune with the learning rate
+    parser.add_argument(
+        "--distill-corpus",
+        default="lee",
+        choices=["lee", "wiki", "lee+wiki"],
+        help="unlabeled distillation text: the Lee sentences outside tune/report (2,129), the gensim wheel's "
+        "Wikipedia sentences (~17.5k, text_data.wiki_sentences), or both",
+    )
+    parser.add_argument(
+        "--pruned-dir",
+        default=None,
+        help="save each pruned model to DIR/<variant>-<target>; when it is already there, load it instead of pruning",
+    )
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -207,6 +219,22 @@ def main(argv=None) -> int:
                 num_validation_samples=32,
                 **options,
             )
+            saved_dir = Path(args.pruned_dir) / f"{variant}-{target:g}" if args.pruned_dir else None
+            if saved_dir is not None and (saved_dir / "config.json").is_file():
+                import json
+
+                pruned = AutoModel.from_pretrained(saved_dir).eval()
+                report = json.loads((saved_dir / "pruning_report.json").read_text())
+                cosine, spearman = fidelity(reference, embed(pruned, tokenizer, texts))
+                print(
+                    f"| {target:.0%} | {variant} (loaded from {saved_dir}) | {report['macs']['ratio']:.1%} | "
+                    f"{cosine:.3f} | {spearman:.3f} | {report['seconds']['total']:.1f} | "
+                    f"{report['allocation']['chosen']} / {report['criteria']['qk']} |",
+                    flush=True,
+                )
+                if variant == args.variants[0]:
+                    pruned_default[target] = pruned
+                continue
             pruner = SNPPruner(model, tokenizer=tokenizer)
             adapter_cls = type(get_adapter(model))
             saved = {k: getattr(adapter_cls, k) for k in switches}
@@ -226,10 +254,16 @@ def main(argv=None) -> int:
                 f"{seconds:.1f} | {report['allocation']['chosen']} / {report['criteria']['qk']} |",
                 flush=True,
             )
+            if saved_dir is not None:
+                pruned.save_pretrained(saved_dir)
             if variant == args.variants[0]:
                 pruned_default[target] = pruned
+    if args.distill_corpus != "lee":
+        wiki = wiki_sentences()
+        unlabeled = wiki if args.distill_corpus == "wiki" else unlabeled + wiki
     if args.distill_epochs:
-        print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences, "
+        print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences "
+              f"({args.distill_corpus}), "
               "teacher = the unpruned model; loss 'pooled': 1 - cosine of the pooled embeddings, '+tokens': plus 1 - cosine "
               "per token):")  # fmt: skip
         print("| MACs target | variant | learning rate | loss | cosine | Spearman | train (s) |")

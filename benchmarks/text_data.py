@@ -6,6 +6,12 @@ by Lee, Pincombe & Welsh (2005) for their document-similarity study. It is real,
 generated), one article per line. We split the articles into sentences with a small rule-based splitter and keep
 distinct sentences of 5-60 words: 2,729 of them (343 articles).
 
+A second, larger corpus for unlabeled distillation text (`wiki_sentences`): the shortened English Wikipedia dump the
+same wheel ships (``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``: the first 206 articles of
+a 2017 dump, "Anarchism" to "Alexander the Great"), with the wiki markup stripped by a few rules (templates, tables,
+references, links to their text, lists and headings dropped) and split the same way. Other domain than the news
+sentences the benchmarks are measured on.
+
 Install (no Hugging Face Hub needed, PyPI only)::
 
     pip install gensim          # 4.x; only its data files are read, gensim itself is never imported
@@ -15,6 +21,7 @@ Usage::
     from text_data import english_sentences, text_splits
     sents = english_sentences()                # all sentences, corpus order
     sents = english_sentences(500, seed=1)     # 500 sentences, random sample
+    wiki = wiki_sentences()                    # ~30k Wikipedia sentences, corpus order
     splits = text_splits()                     # {"calibration": [...], "tune": [...], "report": [...]}
 
 `text_splits` splits by *article*, so no article contributes sentences to two splits (sentences of one article
@@ -23,6 +30,8 @@ share names and topic, which would otherwise leak between calibration and evalua
 
 from __future__ import annotations
 
+import bz2
+import html
 import importlib.util
 import random
 import re
@@ -31,6 +40,7 @@ from pathlib import Path
 
 PACKAGE = "gensim"
 FILES = ("lee_background.cor", "lee.cor")
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _INSTALL = "pip install gensim"
 
 # Split after ., ! or ? (optionally followed by a closing quote/bracket) when the next token starts a sentence.
@@ -42,7 +52,7 @@ _ABBREV = re.compile(
 )
 
 
-def _data_dir() -> Path:
+def _data_dir(files=FILES) -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -50,10 +60,12 @@ def _data_dir() -> Path:
             f"installed. Install it with:  {_INSTALL}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
-    missing = [f for f in FILES if not (path / f).is_file()]
+    missing = [f for f in files if not (path / f).is_file()]
     if missing:
-        raise ImportError(f"'{PACKAGE}' is installed but its test data lacks {missing} (looked in {path}); "
-                          f"reinstall it with:  {_INSTALL}")
+        raise ImportError(
+            f"'{PACKAGE}' is installed but its test data lacks {missing} (looked in {path}); "
+            f"reinstall it with:  {_INSTALL}"
+        )
     return path
 
 
@@ -108,7 +120,9 @@ def english_sentences(n: int | None = None, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(sents, n)
 
 
-def text_splits(seed: int = 0, n_calibration: int = 128, n_tune: int = 200, n_report: int = 400) -> dict[str, list[str]]:
+def text_splits(
+    seed: int = 0, n_calibration: int = 128, n_tune: int = 200, n_report: int = 400
+) -> dict[str, list[str]]:
     """Disjoint calibration / tune / report sentence sets, split by article (no article feeds two splits).
 
     Articles are shuffled with `seed` and dealt out, in turn, to whichever split still needs sentences; within a
@@ -137,6 +151,68 @@ def text_splits(seed: int = 0, n_calibration: int = 128, n_tune: int = 200, n_re
     return out
 
 
+_TEXT = re.compile(r"<text[^>]*>(.*?)</text>", re.S)
+_REFS = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_COMMENTS = re.compile(r"<!--.*?-->", re.S)
+_TAGS = re.compile(r"<[^>]+>")
+_FILE_LINKS = re.compile(
+    r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I
+)
+_LINKS = re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]")
+_EXTERNAL = re.compile(r"\[https?://\S+(?: ([^\]]*))?\]")
+_TEMPLATES = re.compile(r"\{\{[^{}]*\}\}")
+_TABLES = re.compile(r"\{\|.*?\|\}", re.S)
+
+
+def _strip_wiki(text: str) -> list[str]:
+    """Paragraphs of plain prose from one article's wikitext."""
+    text = html.unescape(text)
+    text = _COMMENTS.sub("", text)
+    text = _REFS.sub("", text)
+    for _ in range(5):  # nested templates, innermost first
+        text, n = _TEMPLATES.subn("", text)
+        if not n:
+            break
+    text = _TABLES.sub("", text)
+    text = _FILE_LINKS.sub("", text)
+    text = _LINKS.sub(r"\1", text)
+    text = _EXTERNAL.sub(lambda m: m.group(1) or "", text)
+    text = _TAGS.sub("", text).replace("'''", "").replace("''", "")
+    paragraphs = []
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        # headings, lists, indents, tables and leftovers of templates are not prose
+        if not line or line[0] in "=*#:;|!{}[" or line.startswith(("}}", "__")):
+            continue
+        paragraphs.append(line)
+    return paragraphs
+
+
+def wiki_sentences(min_words: int = 5, max_words: int = 60) -> list[str]:
+    """Distinct English sentences (5-60 words) of the Wikipedia articles in the gensim wheel's shortened dump, in
+    corpus order, none of them also in the Lee corpus."""
+    path = _data_dir((WIKI_FILE,)) / WIKI_FILE
+    lee = {s for doc in english_documents(min_words, max_words) for s in doc}
+    seen: set[str] = set()
+    out = []
+    with bz2.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        dump = f.read()
+    for match in _TEXT.finditer(dump):
+        if match.group(1).lstrip().lower().startswith("#redirect"):
+            continue
+        for paragraph in _strip_wiki(match.group(1)):
+            for sentence in _split_sentences(paragraph):
+                if (
+                    _keep(sentence, min_words, max_words)
+                    and sentence not in seen
+                    and sentence not in lee
+                    and not any(c in sentence for c in "{}[]|=<>")
+                ):
+                    seen.add(sentence)
+                    out.append(sentence)
+    return out
+
+
 if __name__ == "__main__":
     sents = english_sentences()
     docs = english_documents()
@@ -149,3 +225,7 @@ if __name__ == "__main__":
     print({k: len(v) for k, v in sp.items()})
     assert not (set(sp["calibration"]) & set(sp["tune"])) and not (set(sp["tune"]) & set(sp["report"]))
     assert not (set(sp["calibration"]) & set(sp["report"]))
+    wiki = wiki_sentences()
+    print(f"wikipedia: {len(wiki)} distinct sentences")
+    for s in random.Random(0).sample(wiki, 8):
+        print(" -", s)

@@ -266,6 +266,11 @@ class SNPPruner:
                 }
             pruned = apply_plan(self.model, plan)
             sliced = time.perf_counter()
+            # compared on the calibration images themselves (none held out): the refit's pass over them already
+            # computed the pruned model's last hidden states, so only the embeddings and the head run again
+            capture = (
+                {} if reference is not None and held_out is batches and config.reconstruct == "least_squares" else None
+            )
             reconstruction = reconstruct(
                 self.model,
                 pruned,
@@ -277,6 +282,7 @@ class SNPPruner:
                 cache=cache,
                 qk_alternatives=alternatives,
                 refit_target=config.refit_target,
+                capture=capture,
             )
             if alternatives:
                 plan = chosen_plan(plan, alternatives, reconstruction)
@@ -284,7 +290,14 @@ class SNPPruner:
             timing["reconstruction"] += time.perf_counter() - sliced
             divergence = None
             if reference is not None:
-                divergence = _divergence(reference, _outputs(pruned, held_out), plan.hidden)
+                skip = (
+                    skipped_layers(pruned, get_adapter(pruned).num_layers, capture["hidden"], capture["like"])
+                    if capture
+                    else contextlib.nullcontext()
+                )
+                with skip:
+                    outputs = _outputs(pruned, held_out)
+                divergence = _divergence(reference, outputs, plan.hidden)
             entry = {"qk_criterion": qk_name, "allocation": name, "divergence": divergence}
             tried.append({**entry, "macs": model_size_of(pruned).macs})
             return divergence, entry, plan, pruned, reconstruction

@@ -367,6 +367,7 @@ def reconstruct(
     refit_target: str | None = None,
     layers: Iterable[int] | None = None,
     start: tuple[int, list] | None = None,
+    capture: dict | None = None,
 ) -> dict:
     """Refits the projections of `pruned` (made from `original` by `plan`, in place) on the calibration `batches`.
 
@@ -379,6 +380,9 @@ def reconstruct(
     `start` (least squares): (layer index, the pruned model's inputs of that layer for every batch, as
     `next_layer_inputs` gives them): the refit starts at that layer, the layers before it are neither run nor refit
     (e.g. cuts of one layer that share everything before it).
+    `capture` (least squares, all layers): a dict that receives the refit model's last-layer output for every batch
+    (`"hidden"`) and one raw layer output (`"like"`): with `skipped_layers(pruned, num_layers, ...)` the model's
+    outputs on `batches` then cost only its embeddings and head.
     `cache`: the unpruned model's target outputs on the same `batches` (`TargetCache`); without it, the unpruned
     model is run again, layer by layer.
     `qk_alternatives`: plans that differ from `plan` only in the query/key dims each kept head keeps (e.g. chosen by
@@ -459,6 +463,7 @@ def reconstruct(
             refit_target,
             None if layers is None else set(layers),
             start,
+            capture,
         )
     finally:
         original.train(was_training[0])
@@ -632,6 +637,7 @@ def _least_squares(
     refit_target="output",
     only=None,
     start=None,
+    capture=None,
 ):
     from tqdm.auto import tqdm
 
@@ -709,8 +715,13 @@ def _least_squares(
         layers.append(entry)
         if next_p is None:
             next_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
-        inputs_p = next_p
+        last_inputs, inputs_p = inputs_p, next_p
         inputs_o = next_o
+    if capture is not None and only is None:  # the refit model's last-layer outputs, for `skipped_layers`
+        hidden, args, kwargs = last_inputs[0]
+        capture.update(
+            hidden=[h for h, _, _ in inputs_p], like=adapter_p.layer(adapter_p.num_layers - 1)(hidden, *args, **kwargs)
+        )
     return {
         "mode": "least_squares",
         "ridge": ridge,

@@ -415,3 +415,61 @@ def test_validated_per_layer_query_key_criterion_is_chosen_by_the_least_squares_
         assert torch.equal(state[name], expected[name]), name
     with pytest.raises(ValueError, match="validated_per_layer.*reconstruct='least_squares'"):
         SNPConfig(criterion={"qk": "validated_per_layer"}, reconstruct="bias")
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit-teacher", "bert"])
+def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass(kind, monkeypatch, tmp_path):
+    """With no images held out, each candidate's outputs on the calibration images come from the refit's own pass
+    (its last-layer outputs, then only the head runs): the same divergences as a full forward pass of each
+    candidate, and no layer of a candidate runs for the comparison."""
+    import contextlib
+
+    import optimum_snp.pruner as pruner_module
+
+    if kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        from .text_utils import text_dataset, tiny_text_model, word_tokenizer
+
+        model = tiny_text_model(BertModel, BertConfig, num_hidden_layers=3)
+        make = lambda: SNPPruner(model, tokenizer=word_tokenizer(tmp_path))  # noqa: E731
+        data = text_dataset(16)
+        # the sensitivity candidate's cuts run their layers from the cut on (tested in test_sensitivity.py)
+        monkeypatch.setattr(type(get_adapter(model)), "sensitivity_candidate", False)
+    else:
+        model = tiny_model(kind, seed=4)
+        make = lambda: SNPPruner.from_pretrained(model)  # noqa: E731
+        data = digits(16)
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=8)
+    layer_calls = {"n": 0}
+
+    def counting_outputs(m, batches, original=pruner_module._outputs):
+        layer_cls = type(get_adapter(m).layer(0))  # counts the layers' real forward passes (skipped ones do not run it)
+        real_forward = layer_cls.forward
+
+        def counted(self, *args, **kwargs):
+            layer_calls["n"] += 1
+            return real_forward(self, *args, **kwargs)
+
+        layer_cls.forward = counted
+        try:
+            return original(m, batches)
+        finally:
+            layer_cls.forward = real_forward
+
+    monkeypatch.setattr(pruner_module, "_outputs", counting_outputs)
+    runs = {}
+    for reused in (True, False):
+        if not reused:  # every candidate run from the model's input
+            monkeypatch.setattr(pruner_module, "skipped_layers", lambda *a, **k: contextlib.nullcontext())
+        pruner = make()
+        with pytest.warns(UserWarning, match="left to hold out"):
+            pruner.prune(config, calibration_dataset=data, show_progress=False)
+        runs[reused] = (pruner.report["allocation"]["candidates"], layer_calls["n"])
+        layer_calls["n"] = 0
+    candidates, calls = runs[True]
+    assert len(candidates) > 2 and calls == 0
+    assert runs[False][1] > 0
+    for a, b in zip(candidates, runs[False][0], strict=True):
+        assert (a["qk_criterion"], a["allocation"]) == (b["qk_criterion"], b["allocation"])
+        assert a["divergence"] == pytest.approx(b["divergence"], rel=1e-5, abs=1e-9)

@@ -118,7 +118,8 @@ def test_text_models_also_try_the_sensitivity_allocation_when_validating(tmp_pat
 def _skip_cases(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertModel
 
-    from .test_efficientformer import images, tiny as tiny_efficientformer
+    from .test_efficientformer import images
+    from .test_efficientformer import tiny as tiny_efficientformer
     from .text_utils import encode, tiny_text_model, word_tokenizer
 
     tokenizer = word_tokenizer(tmp_path)
