@@ -169,7 +169,7 @@ def test_skipped_layers_are_only_real_when_their_cache_is_used():
         _outputs(model, batches * 2)
 
 
-@pytest.mark.parametrize("kind", ["vit-heads", "bert"])
+@pytest.mark.parametrize("kind", ["vit-heads", "bert", "vit-no-refit"])
 def test_sensitivity_curves_equal_the_cuts_measured_from_the_model_input(kind, tmp_path, monkeypatch):
     """The shared-prefix curves (refit and held-out pass from layer i's cached inputs) equal, bit for bit, the same
     cuts refit and measured from the model's input (the previous implementation)."""
@@ -185,10 +185,10 @@ def test_sensitivity_curves_equal_the_cuts_measured_from_the_model_input(kind, t
         model = tiny_text_model(BertModel, BertConfig, num_hidden_layers=3)
         make = lambda: SNPPruner(model, tokenizer=word_tokenizer(tmp_path))  # noqa: E731
         data, extra = text_dataset(28), {}
-    else:  # heads pruned by ratio: the cuts share the base model's head-pruned layers, not the original's
+    else:  # heads pruned by ratio: the cuts share the base model's head-pruned layers, not the original's (or no refit)
         model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
         make = lambda: SNPPruner.from_pretrained(model)  # noqa: E731
-        data, extra = digits(40), {"head_ratio": 0.25}
+        data, extra = digits(40), {"head_ratio": 0.25} if kind == "vit-heads" else {"reconstruct": "none"}
     config = SNPConfig(
         target_macs_ratio=0.6,
         allocation="sensitivity",
