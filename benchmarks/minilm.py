@@ -150,7 +150,13 @@ def latency_ratio(original, pruned, batch: int, repeats: int = 15, length: int =
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", default="tune", choices=["tune", "report"])
+    parser.add_argument(
+        "--split",
+        nargs="+",
+        default=["tune"],
+        choices=["tune", "report"],
+        help="evaluation split(s); with both, one pruned / distilled model is scored on each (choose on tune)",
+    )
     parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
     parser.add_argument(
@@ -194,20 +200,30 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
     splits = text_splits()
-    texts = splits[args.split]
     held = set(splits["tune"]) | set(splits["report"])
     unlabeled = [s for s in english_sentences() if s not in held]
     # the calibration split, then (for more than it holds) unlabeled sentences from articles in neither tune nor report
     pool = splits["calibration"] + [t for t in unlabeled if t not in set(splits["calibration"])]
     calibration = Dataset.from_dict({"text": pool[: args.calibration]})
-    reference = embed(model, tokenizer, texts)
+    references = {split: embed(model, tokenizer, splits[split]) for split in args.split}
+
+    def scores(pruned) -> str:
+        """'cosine | Spearman' on each evaluation split, as table cells."""
+        cells = []
+        for split, reference in references.items():
+            cells += [f"{value:.3f}" for value in fidelity(reference, embed(pruned, tokenizer, splits[split]))]
+        return " | ".join(cells)
+
+    metric_cols = " | ".join(f"cosine ({split}) | Spearman ({split})" for split in args.split)
+    rule = "|---" * 2 * len(args.split)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}; all-MiniLM-L6-v2; {args.split} split: {len(texts)} sentences, "
-        f"{len(texts) * (len(texts) - 1) // 2} pairs; calibration {args.calibration} sentences"
+        f"{torch.get_num_threads()}; all-MiniLM-L6-v2; "
+        + "; ".join(f"{split} split: {len(splits[split])} sentences" for split in args.split)
+        + f"; calibration {args.calibration} sentences"
     )
-    print("| MACs target | variant | MACs kept | cosine | Spearman | prune (s) | chosen allocation / qk |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| MACs target | variant | MACs kept | {metric_cols} | prune (s) | chosen allocation / qk |")
+    print(f"|---|---|---{rule}|---|---|")
     pruned_default = {}
     for target in args.targets:
         for variant in args.variants:
@@ -225,10 +241,9 @@ def main(argv=None) -> int:
 
                 pruned = AutoModel.from_pretrained(saved_dir).eval()
                 report = json.loads((saved_dir / "pruning_report.json").read_text())
-                cosine, spearman = fidelity(reference, embed(pruned, tokenizer, texts))
                 print(
                     f"| {target:.0%} | {variant} (loaded from {saved_dir}) | {report['macs']['ratio']:.1%} | "
-                    f"{cosine:.3f} | {spearman:.3f} | {report['seconds']['total']:.1f} | "
+                    f"{scores(pruned)} | {report['seconds']['total']:.1f} | "
                     f"{report['allocation']['chosen']} / {report['criteria']['qk']} |",
                     flush=True,
                 )
@@ -247,10 +262,9 @@ def main(argv=None) -> int:
                 for key, value in saved.items():
                     setattr(adapter_cls, key, value)
             seconds = time.perf_counter() - start
-            cosine, spearman = fidelity(reference, embed(pruned, tokenizer, texts))
             report = pruner.report
             print(
-                f"| {target:.0%} | {variant} | {report['macs']['ratio']:.1%} | {cosine:.3f} | {spearman:.3f} | "
+                f"| {target:.0%} | {variant} | {report['macs']['ratio']:.1%} | {scores(pruned)} | "
                 f"{seconds:.1f} | {report['allocation']['chosen']} / {report['criteria']['qk']} |",
                 flush=True,
             )
@@ -266,8 +280,8 @@ def main(argv=None) -> int:
               f"({args.distill_corpus}), "
               "teacher = the unpruned model; loss 'pooled': 1 - cosine of the pooled embeddings, '+tokens': plus 1 - cosine "
               "per token):")  # fmt: skip
-        print("| MACs target | variant | learning rate | loss | cosine | Spearman | train (s) |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| MACs target | variant | learning rate | loss | {metric_cols} | train (s) |")
+        print(f"|---|---|---|---{rule}|---|")
         settings = [(lr, loss) for lr in args.distill_lr for loss in args.distill_loss]
         for target, pruned in pruned_default.items():
             for lr, loss in settings:
@@ -275,10 +289,8 @@ def main(argv=None) -> int:
                 student, seconds = distill(
                     student, model, tokenizer, unlabeled, args.distill_epochs, learning_rate=lr, loss=loss
                 )
-                cosine, spearman = fidelity(reference, embed(student, tokenizer, texts))
                 print(
-                    f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss} | {cosine:.3f} | {spearman:.3f} | "
-                    f"{seconds:.0f} |",
+                    f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss} | {scores(student)} | {seconds:.0f} |",
                     flush=True,
                 )
                 if len(settings) == 1:

@@ -49,6 +49,7 @@ SNP_DEFAULTS = {
 
 RECONSTRUCT_MODES = ("least_squares", "bias", "none")
 ALLOCATIONS = ("validated", "scores", "uniform", "sensitivity")
+VALIDATION_RULES = ("argmin", "paired")  # how allocation="validated" picks its candidate
 # allocation='sensitivity': the fractions of its units each (layer, group) keeps, alone, to measure its loss curve
 SENSITIVITY_LEVELS = (0.125, 0.25, 0.5, 0.75)
 # the 'scores' exponents tried by allocation='validated', on SNP's and on weight-magnitude scores (uniform ratios are
@@ -147,6 +148,14 @@ class SNPConfig:
     num_validation_samples: int = field(
         default=32,
         metadata={"help": "Calibration images held out from scoring to choose among allocations ('validated')."},
+    )
+    validation_rule: str = field(
+        default="argmin",
+        metadata={
+            "help": "How allocation='validated' picks among its candidates: 'argmin' (the lowest mean held-out "
+            "divergence) or 'paired' (uniform ratios unless the argmin candidate is lower than uniform's per held-out "
+            "row in a one-sided paired t-test at the 5% level)."
+        },
     )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
@@ -281,6 +290,10 @@ class SNPConfig:
                 raise ValueError(f"`{name}` must be a list of layer indices (ints >= 0), got {value!r}.")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"Unknown `allocation` {self.allocation!r}; choose one of {list(ALLOCATIONS)}.")
+        if self.validation_rule not in VALIDATION_RULES:
+            raise ValueError(
+                f"Unknown `validation_rule` {self.validation_rule!r}; choose one of {list(VALIDATION_RULES)}."
+            )
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
         for name in ("num_calibration_samples", "batch_size", "num_validation_samples", "max_length"):

@@ -298,6 +298,8 @@ class SNPPruner:
                 with skip:
                     outputs = _outputs(pruned, held_out)
                 divergence = _divergence(reference, outputs, plan.hidden)
+                if config.validation_rule == "paired":
+                    per_row[len(tried)] = _divergence(reference, outputs, plan.hidden, per_row=True)
             entry = {"qk_criterion": qk_name, "allocation": name, "divergence": divergence}
             tried.append({**entry, "macs": model_size_of(pruned).macs})
             return divergence, entry, plan, pruned, reconstruction
@@ -305,12 +307,24 @@ class SNPPruner:
         # 1. the allocation (dims per layer, from SNP's scores); 2. for the chosen dims, the query/key criterion that
         # picks which pairs each head keeps
         names = list(qk_variants)
+        per_row: dict[int, torch.Tensor] = {}  # candidate index -> per-row held-out divergences (rule 'paired')
         results = [evaluate(names[0], qk_variants[names[0]], *c) for c in candidates]
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
+        uniform = next((i for i, r in enumerate(results) if r[1]["allocation"] == "uniform"), None)
+        if per_row and uniform is not None and best is not results[uniform]:
+            # 'paired': the argmin candidate replaces uniform ratios only where it is lower row by row, beyond chance
+            better, p_value = paired_better(per_row[results.index(best)], per_row[uniform])
+            tried[results.index(best)]["p_value_vs_uniform"] = p_value
+            if not better:
+                best = results[uniform]
         dims = next(c for c in candidates if c[0] == best[1]["allocation"])
         if not local_qk and any(d.qk_head_dim < o.qk_head_dim for d, o in zip(dims[2], source_dims, strict=True)):
             results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
-        best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
+        # the query/key criterion: the lowest divergence among the chosen dims' candidates
+        best = min(
+            (r for r in results if r[1]["allocation"] == best[1]["allocation"]),
+            key=lambda r: r[0] if r[0] is not None else 0.0,
+        )
         _, chosen, plan, pruned, reconstruction = best
         done = time.perf_counter()
         criteria = {**criteria, "qk": chosen["qk_criterion"]}
@@ -703,6 +717,7 @@ def _remove_blocks(dims: list, config: SNPConfig, adapter) -> list:
     return out
 
 
+PAIRED_LEVEL = 0.05  # one-sided level of `paired_better` (conventional, not fitted)
 LATENCY_ACCEPT = 0.025  # relative miss of a latency target that ends the allocation rounds
 
 
@@ -783,23 +798,45 @@ def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
         model.train(was_training)
 
 
-def _divergence(reference: tuple, outputs: tuple, hidden: list[int]) -> float:
+def _divergence(reference: tuple, outputs: tuple, hidden: list[int], per_row: bool = False):
     """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
     their mean squared error relative to the reference's mean square, or for pooled ones (sentence embeddings) the
-    mean of 1 - cosine (on the kept `hidden` channels)."""
+    mean of 1 - cosine (on the kept `hidden` channels). With `per_row`, the per-row terms (a float64 tensor) whose
+    mean that is."""
     (ref_groups, kind), out_groups = reference, outputs[0]
     if kind == "logits":
         kls = []
         for ref, out in zip(ref_groups, out_groups, strict=True):
             log_p, log_q = ref.log_softmax(-1), out.log_softmax(-1)
             kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
-        return float(torch.cat(kls).mean())
-    ref, out = torch.cat(ref_groups), torch.cat(out_groups)
-    if ref.shape[-1] != out.shape[-1]:
-        ref = ref[..., hidden]
-    if kind == "pooled":
-        return float((1 - torch.nn.functional.cosine_similarity(ref, out, dim=-1)).mean())
-    return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
+        rows = torch.cat(kls)
+    else:
+        ref, out = torch.cat(ref_groups), torch.cat(out_groups)
+        if ref.shape[-1] != out.shape[-1]:
+            ref = ref[..., hidden]
+        if kind == "pooled":
+            rows = 1 - torch.nn.functional.cosine_similarity(ref, out, dim=-1)
+        elif not per_row:
+            return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
+        else:
+            rows = (ref - out).pow(2).mean(-1) / ref.pow(2).mean().clamp_min(1e-30)
+    return rows.double() if per_row else float(rows.mean())
+
+
+def paired_better(rows: torch.Tensor, baseline: torch.Tensor) -> tuple[bool, float]:
+    """(whether `rows` is lower than `baseline` at the 5% level, the p-value): a one-sided paired t-test on the
+    per-row divergences of two candidates on the same held-out rows."""
+    from scipy.stats import t as student_t
+
+    diff = (rows - baseline).double()
+    n = diff.numel()
+    if n < 2:
+        return False, 1.0
+    spread = float(diff.std())
+    if spread == 0.0:
+        return float(diff.mean()) < 0, 0.0 if float(diff.mean()) < 0 else 1.0
+    p = float(student_t.cdf(float(diff.mean()) / (spread / n**0.5), df=n - 1))
+    return p < PAIRED_LEVEL, p
 
 
 def _check_device(model: nn.Module) -> None:

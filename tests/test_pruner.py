@@ -473,3 +473,72 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
     for a, b in zip(candidates, runs[False][0], strict=True):
         assert (a["qk_criterion"], a["allocation"]) == (b["qk_criterion"], b["allocation"])
         assert a["divergence"] == pytest.approx(b["divergence"], rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["logits", "hidden", "pooled"])
+def test_per_row_divergences_average_to_the_divergence(kind):
+    from optimum_snp.pruner import _divergence
+
+    torch.manual_seed(0)
+    ref = [torch.randn(5, 7), torch.randn(3, 7)]
+    out = [r + 0.3 * torch.randn_like(r) for r in ref]
+    rows = _divergence((ref, kind), (out, kind), list(range(7)), per_row=True)
+    assert rows.shape == (8,) and rows.dtype == torch.float64 and bool((rows >= 0).all())
+    assert float(rows.mean()) == pytest.approx(_divergence((ref, kind), (out, kind), list(range(7))), rel=1e-6)
+    if kind == "logits":  # each row is that row's own KL
+        log_p, log_q = ref[1][0].log_softmax(-1), out[1][0].log_softmax(-1)
+        assert float(rows[5]) == pytest.approx(float((log_p.exp() * (log_p - log_q)).sum()), rel=1e-5)
+
+
+def test_paired_better_is_a_one_sided_paired_t_test():
+    from scipy.stats import ttest_rel
+
+    from optimum_snp.pruner import paired_better
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(32, generator=gen, dtype=torch.float64)
+    clearly = base - 0.05 - 0.01 * torch.rand(32, generator=gen, dtype=torch.float64)
+    noisy = base + 0.2 * (torch.rand(32, generator=gen, dtype=torch.float64) - 0.5) - 0.005
+    assert paired_better(clearly, base)[0] is True
+    better, p = paired_better(noisy, base)
+    expected = ttest_rel(noisy.numpy(), base.numpy(), alternative="less").pvalue
+    assert p == pytest.approx(expected, rel=1e-9) and better is bool(expected < 0.05)
+    assert paired_better(base + 0.01, base) == (False, 1.0)  # never better when every row is worse
+    assert paired_better(base, base)[0] is False  # identical candidates: keep the baseline
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_paired_validation_rule_keeps_uniform_unless_the_argmin_wins_row_by_row(data, monkeypatch, verdict):
+    import optimum_snp.pruner as pruner_module
+
+    model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    common = dict(target_macs_ratio=0.35, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    argmin = SNPPruner.from_pretrained(model)
+    argmin.prune(SNPConfig(**common), calibration_dataset=data, show_progress=False)
+    candidates = argmin.report["allocation"]["candidates"]
+    best = min(candidates, key=lambda c: c["divergence"])
+    assert best["allocation"] != "uniform"  # the case the rule is about
+    seen = []
+
+    def verdict_of(rows, baseline):
+        seen.append((rows, baseline))
+        return verdict, 0.01 if verdict else 0.5
+
+    monkeypatch.setattr(pruner_module, "paired_better", verdict_of)
+    paired = SNPPruner.from_pretrained(model)
+    pruned = paired.prune(SNPConfig(validation_rule="paired", **common), calibration_dataset=data, show_progress=False)
+    allocation = paired.report["allocation"]
+    # the same allocation candidates and divergences; the test is asked once, with each one's per-row divergences
+    def first_stage(tried):
+        return [(c["allocation"], c["divergence"]) for c in tried if c["qk_criterion"] == tried[0]["qk_criterion"]]
+
+    assert first_stage(allocation["candidates"]) == first_stage(candidates)
+    ((rows, baseline),) = seen
+    assert rows.shape == baseline.shape == (16,)
+    assert float(rows.mean()) == pytest.approx(best["divergence"], rel=1e-6)
+    assert float(baseline.mean()) == pytest.approx(candidates[0]["divergence"], rel=1e-6)
+    assert allocation["chosen"] == (best["allocation"] if verdict else "uniform")
+    chosen = [c for c in allocation["candidates"] if c["allocation"] == allocation["chosen"]]
+    assert model_size_of(pruned).macs == min(chosen, key=lambda c: c["divergence"])["macs"]
+    with pytest.raises(ValueError, match="validation_rule"):
+        SNPConfig(validation_rule="best")

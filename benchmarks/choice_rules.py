@@ -1,0 +1,100 @@
+"""How should the validated allocation pick among its candidates? Every candidate of one default prune, scored on
+the held-out calibration images (per image: what prune() sees) and on the evaluation split (what users get).
+
+The default picks the candidate with the lowest mean held-out KL. With 32 held-out images that mean is noisy, and a
+candidate can win it by chance against uniform ratios. This script records, for each bench model and MACs target,
+every candidate's per-image held-out KL and its evaluation-split top-1 / KL, and compares decision rules:
+
+    argmin      the lowest mean held-out KL (the default until this script)
+    paired      uniform ratios unless the argmin candidate's per-image KL is lower than uniform's in a one-sided
+                paired t-test at the 5% level (a conventional level, not fitted)
+
+Rules are chosen on the tune models (validation split) and reported on the report models (test split).
+
+    python benchmarks/choice_rules.py [--models tune|report|all] [--targets 0.5 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ablation import Bench  # noqa: E402
+from bench_models import BENCH, report_models, tuning_models  # noqa: E402
+
+import optimum_snp.pruner as pruner_module  # noqa: E402
+from optimum_snp import SNPConfig  # noqa: E402
+from optimum_snp.pruner import paired_better  # noqa: E402
+
+
+class Recorder:
+    """Collects (pruned model, per-row held-out KL) of every candidate prune() evaluates, in order."""
+
+    def __init__(self):
+        self.models, self.rows = [], []
+        self._reconstruct, self._divergence = pruner_module.reconstruct, pruner_module._divergence
+
+    def __enter__(self):
+        def reconstruct(original, pruned, *args, **kwargs):
+            self.models.append(pruned)
+            return self._reconstruct(original, pruned, *args, **kwargs)
+
+        def divergence(reference, outputs, hidden, per_row=False):
+            self.rows.append(self._divergence(reference, outputs, hidden, per_row=True))
+            return self._divergence(reference, outputs, hidden, per_row=per_row)
+
+        pruner_module.reconstruct, pruner_module._divergence = reconstruct, divergence
+        return self
+
+    def __exit__(self, *exc):
+        pruner_module.reconstruct, pruner_module._divergence = self._reconstruct, self._divergence
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="all", choices=["tune", "report", "all"])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = {"tune": tuning_models(), "report": report_models(), "all": list(BENCH)}[args.models]
+    print(
+        "| model | MACs | candidate | held-out KL | eval top-1 / KL | argmin | paired (vs uniform: p) |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    for name in names:
+        bench = Bench(name, args.samples, args.seed)
+        for target in args.targets:
+            config = SNPConfig(target_macs_ratio=target, num_calibration_samples=args.samples, seed=args.seed)
+            with Recorder() as rec:
+                bench.pruner.prune(config, calibration_dataset=bench.calibration, show_progress=False)
+            tried = bench.pruner.report["allocation"]["candidates"]
+            assert len(tried) == len(rec.models) == len(rec.rows), (len(tried), len(rec.models), len(rec.rows))
+            means = [float(r.mean()) for r in rec.rows]
+            argmin = min(range(len(tried)), key=means.__getitem__)
+            uniform = next(
+                (i for i, t in enumerate(tried) if t["allocation"] == "uniform" and t["qk_criterion"] == tried[0]["qk_criterion"]),
+                None,
+            )
+            for i, (t, model, rows) in enumerate(zip(tried, rec.models, rec.rows, strict=True)):
+                result = bench.evaluator(model)
+                p = "" if uniform is None or i == uniform else f"{paired_better(rows, rec.rows[uniform])[1]:.3f}"
+                print(
+                    f"| {bench.label if i == 0 else ''} | {target:.0%} | {t['allocation']} ({t['qk_criterion']}) | "
+                    f"{means[i]:.4f} | {result['top1']:.1%} / {result['kl']:.3f} | "
+                    f"{'**x**' if i == argmin else ''} | {p} |",
+                    flush=True,
+                )
+            print(f"| | | chosen by prune(): {bench.pruner.report['allocation']['chosen']} "
+                  f"({bench.pruner.report['criteria']['qk']}) | | | | |", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
