@@ -99,14 +99,16 @@ def labels_for(kind: str, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return {}
 
 
-def assert_close_on_tokens(a: dict, b: dict, mask: torch.Tensor, token_level: bool, atol: float = 1e-5) -> None:
+def assert_close_on_tokens(
+    a: dict, b: dict, mask: torch.Tensor, token_level: bool, atol: float = 1e-5, rtol: float = 1e-5
+) -> None:
     assert a.keys() == b.keys()
     for name in a:
         x, y = a[name], b[name]
         assert x.shape == y.shape, name
         if token_level and name != "loss":  # padded positions are undefined: compare real tokens only
             x, y = x[mask.bool()], y[mask.bool()]
-        torch.testing.assert_close(x, y, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
