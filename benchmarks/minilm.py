@@ -55,6 +55,7 @@ VARIANTS = {
     # adapter switches (not SNPConfig options): set on the text adapter class for the run
     "pooled-divergence": {"_adapter": {"pooled_divergence": True}},
     "token-divergence": {"_adapter": {"pooled_divergence": False}},
+    "pairwise-divergence": {"_adapter": {"pooled_divergence": "pairwise"}},
 }
 
 

@@ -744,7 +744,7 @@ def _output_rows(outputs, mask: torch.Tensor | None, pooled: bool = False) -> tu
         rows, kind = outputs.last_hidden_state, "hidden"
         if pooled:
             real = mask if mask is not None else torch.ones(rows.shape[:2], dtype=torch.bool)
-            return [mean_pool(rows, real)], "pooled"
+            return [mean_pool(rows, real)], "pairwise" if pooled == "pairwise" else "pooled"
     if rows.dim() == 3:
         rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
     return [rows], kind
@@ -801,7 +801,8 @@ def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
 def _divergence(reference: tuple, outputs: tuple, hidden: list[int], per_row: bool = False):
     """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
     their mean squared error relative to the reference's mean square, or for pooled ones (sentence embeddings) the
-    mean of 1 - cosine (on the kept `hidden` channels). With `per_row`, the per-row terms (a float64 tensor) whose
+    mean of 1 - cosine, or ('pairwise') the mean squared change of the cosine similarity of every pair of rows (on
+    the kept `hidden` channels). With `per_row`, the per-row terms (a float64 tensor) whose
     mean that is."""
     (ref_groups, kind), out_groups = reference, outputs[0]
     if kind == "logits":
@@ -816,6 +817,10 @@ def _divergence(reference: tuple, outputs: tuple, hidden: list[int], per_row: bo
             ref = ref[..., hidden]
         if kind == "pooled":
             rows = 1 - torch.nn.functional.cosine_similarity(ref, out, dim=-1)
+        elif kind == "pairwise":  # per row: the mean squared change of its cosine similarity to every other row
+            normal = torch.nn.functional.normalize
+            ref, out = normal(ref.double(), dim=-1), normal(out.double(), dim=-1)
+            rows = (ref @ ref.T - out @ out.T).square().sum(-1) / max(len(ref) - 1, 1)
         elif not per_row:
             return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
         else:

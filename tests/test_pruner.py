@@ -475,7 +475,7 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
         assert a["divergence"] == pytest.approx(b["divergence"], rel=1e-5, abs=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["logits", "hidden", "pooled"])
+@pytest.mark.parametrize("kind", ["logits", "hidden", "pooled", "pairwise"])
 def test_per_row_divergences_average_to_the_divergence(kind):
     from optimum_snp.pruner import _divergence
 
@@ -488,6 +488,15 @@ def test_per_row_divergences_average_to_the_divergence(kind):
     if kind == "logits":  # each row is that row's own KL
         log_p, log_q = ref[1][0].log_softmax(-1), out[1][0].log_softmax(-1)
         assert float(rows[5]) == pytest.approx(float((log_p.exp() * (log_p - log_q)).sum()), rel=1e-5)
+    if kind == "pairwise":  # row i: the mean over j != i of (cos(ref_i, ref_j) - cos(out_i, out_j))^2
+        r, o = torch.cat(ref).double(), torch.cat(out).double()
+        cos = torch.nn.functional.cosine_similarity
+        expected = sum((cos(r[2], r[j], dim=0) - cos(o[2], o[j], dim=0)) ** 2 for j in range(8) if j != 2) / 7
+        assert float(rows[2]) == pytest.approx(float(expected), rel=1e-9)
+        # a rotation of every embedding changes no similarity
+        q, _ = torch.linalg.qr(torch.randn(7, 7, dtype=torch.float64))
+        rotated = [(g.double() @ q).float() for g in ref]
+        assert _divergence((ref, kind), (rotated, kind), list(range(7))) < 1e-10
 
 
 def test_paired_better_is_a_one_sided_paired_t_test():

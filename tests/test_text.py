@@ -406,3 +406,14 @@ def test_pooled_divergence_of_base_models_ignores_padding(tokenizer):
     want = float((1 - F.cosine_similarity(ref[0][0], out[0][0], dim=-1)).mean())
     assert _divergence(ref, out, list(range(model.config.hidden_size))) == pytest.approx(want)
     assert _divergence(ref, ref, list(range(model.config.hidden_size))) == pytest.approx(0.0, abs=1e-6)
+    # the pairwise variant reads the same pooled rows: padding-free, and zero against itself
+    mask = padded["attention_mask"].bool()
+    with torch.no_grad():
+        ref_p = _output_rows(model(**padded), mask, pooled="pairwise")
+        out_p = _output_rows(pruned(**padded), mask, pooled="pairwise")
+    assert ref_p[1] == "pairwise"
+    torch.testing.assert_close(ref_p[0][0], ref[0][0])
+    sims = lambda e: F.normalize(e.double(), dim=-1) @ F.normalize(e.double(), dim=-1).T  # noqa: E731
+    want = float((sims(ref[0][0]) - sims(out[0][0])).square().sum() / (5 * 4))
+    assert _divergence(ref_p, out_p, list(range(model.config.hidden_size))) == pytest.approx(want, rel=1e-6)
+    assert _divergence(ref_p, ref_p, list(range(model.config.hidden_size))) == pytest.approx(0.0, abs=1e-12)

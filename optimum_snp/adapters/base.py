@@ -55,8 +55,9 @@ class ArchitectureAdapter:
     sensitivity_candidate: bool = False
     # the held-out divergence of a base model (no logits) that chooses among candidates: False, the relative mean
     # squared error of its hidden states per token; True, 1 - cosine of their mean over each sequence's real tokens
-    # (its sentence embedding)
-    pooled_divergence: bool = False
+    # (its sentence embedding); "pairwise", the squared change of the cosine similarity of every pair of those
+    # sentence embeddings (the geometry that retrieval and a Spearman correlation of similarities read)
+    pooled_divergence: bool | str = False
     # the least-squares refit's ridge when SNPConfig.ridge is None (relative to the mean of diag(X^T X)), or "cv"
     # (chosen per projection by cross-validation over calibration batches; `fallback_ridge` when there is only one)
     default_ridge: float | str = 1e-3
