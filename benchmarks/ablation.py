@@ -14,6 +14,7 @@ Tables:
     before   the previous defaults (qk=attention, allocation by scores, no reconstruction) against today's
     goals    the shipped default against the goals of issue 9, per model
     rounding the default rounding of kept dims (multiples of 8, for speed) against none
+    validation  how many held-out images the validated choice uses (32, 64, 128) against uniform ratios
     refit    the refit's target (each projection's output, or its sum with the residual) and ridge (default or 'cv')
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
@@ -237,6 +238,28 @@ def rounding_table(benches: list[Bench]) -> None:
     print()
 
 
+VALIDATION_SIZES = (32, 64, 128)
+
+
+def validation_table(benches: list[Bench]) -> None:
+    """How many held-out calibration images the validated choice needs: `num_validation_samples` 32 (the default),
+    64 and 128 (fewer where the train split runs out), against uniform ratios; everything else default, zero-shot
+    top-1 / KL, in brackets what was chosen."""
+    header = ["model", "unpruned"] + [
+        f"{k:.0%} MACs: {w}" for k in (0.5, 0.3) for w in ["uniform"] + [f"{n} held out" for n in VALIDATION_SIZES]
+    ]
+    table("Held-out images for the validated choice (top-1 zero-shot / logit KL)", header)
+    for bench in benches:
+        cells = [bench.label, f"{bench.evaluator.top1:.1%}"]
+        for keep in (0.5, 0.3):
+            cells.append(cell(bench.run(target_macs_ratio=keep, allocation="uniform")))
+            for n in VALIDATION_SIZES:
+                result = bench.run(target_macs_ratio=keep, num_validation_samples=n)
+                cells.append(cell(result) + choice(result))
+        row(cells)
+    print()
+
+
 REFIT_VARIANTS = {
     "output": {"refit_target": "output"},
     "residual": {"refit_target": "residual"},
@@ -296,6 +319,7 @@ def main(argv=None) -> int:
     print()
     tables = {
         "goals": goals_table,
+        "validation": validation_table,
         "qk": qk_table,
         "main": main_table,
         "ridge": ridge_table,

