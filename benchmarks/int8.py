@@ -123,6 +123,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: torch's)")
     parser.add_argument("--output-dir", default=None, help="keep the ONNX models here (default: a temporary folder)")
+    parser.add_argument(
+        "--no-reduce-range",
+        action="store_true",
+        help="8-bit weights (reduce_range=False) instead of the recipe's 7-bit ones, to compare",
+    )
     args = parser.parse_args(argv)
     if args.runs < 30:
         print(f"note: --runs {args.runs} is below the 30 runs the README numbers use", file=sys.stderr)
@@ -131,6 +136,9 @@ def main(argv=None) -> int:
     import onnxruntime
 
     from optimum_snp.exporters.onnx import QUANTIZE_OPTIONS
+
+    if args.no_reduce_range:
+        QUANTIZE_OPTIONS["reduce_range"] = False  # read by quantize_dynamic_onnx at each export
 
     print(f"# Float vs int8 (onnxruntime dynamic quantization), original vs SNP-pruned\n\nmachine: {machine_line()}")
     print(

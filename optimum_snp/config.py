@@ -145,9 +145,13 @@ class SNPConfig:
     macs_exponent: float = field(
         default=0.25, metadata={"help": "Cost exponent of allocation='scores' (score / MACs_saved ** exponent)."}
     )
-    num_validation_samples: int = field(
-        default=32,
-        metadata={"help": "Calibration images held out from scoring to choose among allocations ('validated')."},
+    num_validation_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Calibration samples held out from scoring to choose among allocations ('validated') and query/key "
+            "criteria. None: the architecture's default (64 images for ViT/DeiT, timm and EfficientFormer, 32 texts "
+            "for BERT-family encoders)."
+        },
     )
     validation_rule: str = field(
         default="argmin",
@@ -297,10 +301,11 @@ class SNPConfig:
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
         for name in ("num_calibration_samples", "batch_size", "num_validation_samples", "max_length"):
-            if name == "num_calibration_samples" and self.num_calibration_samples is None:
+            if name in ("num_calibration_samples", "num_validation_samples") and getattr(self, name) is None:
                 continue
             minimum = 0 if name == "num_validation_samples" else 1
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < minimum:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an int >= {minimum}, got {getattr(self, name)!r}.")
 
     @staticmethod

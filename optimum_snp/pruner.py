@@ -148,9 +148,14 @@ class SNPPruner:
                     "a dataset name or a folder of images), or use criterion='magnitude', reconstruct='none' and "
                     "(with a MACs target) allocation='scores' or 'uniform'."
                 )
-            validate = config.num_validation_samples > 0 and _has_choices(config, criteria)
+            num_held_out = (
+                adapter.default_validation_samples
+                if config.num_validation_samples is None
+                else config.num_validation_samples
+            )
+            validate = num_held_out > 0 and _has_choices(config, criteria)
             common = dict(
-                num_samples=num_samples + (config.num_validation_samples if validate else 0),
+                num_samples=num_samples + (num_held_out if validate else 0),
                 batch_size=config.batch_size,
                 seed=config.seed,
                 split=split,

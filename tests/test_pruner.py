@@ -551,3 +551,20 @@ def test_paired_validation_rule_keeps_uniform_unless_the_argmin_wins_row_by_row(
     assert model_size_of(pruned).macs == min(chosen, key=lambda c: c["divergence"])["macs"]
     with pytest.raises(ValueError, match="validation_rule"):
         SNPConfig(validation_rule="best")
+
+
+def test_default_held_out_samples_come_from_the_architecture():
+    from transformers import BertConfig, BertModel
+
+    model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
+    assert get_adapter(model).default_validation_samples == 64
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+    assert get_adapter(bert).default_validation_samples == 32
+    pruner = SNPPruner.from_pretrained(model)
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=16)
+    assert config.num_validation_samples is None
+    pruner.prune(config, calibration_dataset=digits(16 + 64 + 8), show_progress=False)
+    assert pruner.report["allocation"]["num_validation_samples"] == 64
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="num_validation_samples"):
+            SNPConfig(target_macs_ratio=0.5, num_validation_samples=bad)
