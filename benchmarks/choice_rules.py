@@ -1,7 +1,8 @@
 """How should the validated allocation pick among its candidates? Every candidate of one default prune, scored on
 the held-out calibration images (per image: what prune() sees) and on the evaluation split (what users get).
 
-The default picks the candidate with the lowest mean held-out KL. With 32 held-out images that mean is noisy, and a
+The default picks the candidate with the lowest mean held-out KL. With 32 held-out images (the default when this
+script was run; 64 for images since) that mean is noisy, and a
 candidate can win it by chance against uniform ratios. This script records, for each bench model and MACs target,
 every candidate's per-image held-out KL and its evaluation-split top-1 / KL, and compares decision rules:
 
@@ -46,8 +47,9 @@ class Recorder:
             return self._reconstruct(original, pruned, *args, **kwargs)
 
         def divergence(reference, outputs, hidden, per_row=False):
-            self.rows.append(self._divergence(reference, outputs, hidden, per_row=True))
-            return self._divergence(reference, outputs, hidden, per_row=per_row)
+            rows = self._divergence(reference, outputs, hidden, per_row=True)
+            self.rows.append(rows)
+            return rows if per_row else self._divergence(reference, outputs, hidden)
 
         pruner_module.reconstruct, pruner_module._divergence = reconstruct, divergence
         return self
