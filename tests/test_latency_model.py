@@ -11,7 +11,7 @@ import torch
 
 from optimum_snp import SNPConfig, SNPPruner
 from optimum_snp import latency_model as lm_module
-from optimum_snp.latency_model import LatencyModel, cache_dir
+from optimum_snp.latency_model import LatencyModel, cache_dir, measure_latency
 from optimum_snp.layer_dims import LayerDims
 
 from .conftest import tiny_model
@@ -45,7 +45,7 @@ def counted(monkeypatch):
 
     def measure(fns, runs=5, warmup=1, device=None, **kwargs):
         calls.append(len(fns))
-        return {name: _fake_seconds(name) for name in fns}
+        return {name: [_fake_seconds(name)] * runs for name in fns}
 
     monkeypatch.setattr(lm_module, "_measure", measure)
     return calls
@@ -136,7 +136,7 @@ def flop_timed(monkeypatch):
         for name, fn in fns.items():
             with FlopCounterMode(display=False) as counter:
                 fn()
-            seconds[name] = counter.get_total_flops() * 1e-11
+            seconds[name] = [counter.get_total_flops() * 1e-11] * runs
         return seconds
 
     monkeypatch.setattr(lm_module, "_measure", measure)
@@ -212,4 +212,47 @@ def test_whole_model_measurements_take_more_rounds_when_calls_are_fast():
     calls.clear()
     lm_module._measure({"f": fn}, runs=3, warmup=1, min_seconds=0.2)
     assert 1 + 10 <= len(calls) <= 1 + 50  # about 0.2 s / 4 ms rounds, at most MAX_RUNS
-    assert lm_module.MIN_MEASURE_SECONDS > 0 and lm_module.MAX_RUNS == 50
+    assert lm_module.MIN_MEASURE_SECONDS > 0 and lm_module.MAX_RUNS == 100
+
+
+def test_latency_relative_to_a_reference_cancels_a_drift_between_rounds(monkeypatch):
+    """With `reference`, a model's latency is the reference's median times its median per-round ratio: on a machine
+    whose speed drifts from round to round, with spikes that hit some calls only, that ratio stays exact where the
+    ratio of the two medians does not."""
+    drift = [1.0, 1.1, 1.2, 1.3, 1.4]  # the machine slows down over the rounds
+    spike = [2.0, 2.0, 1.0, 1.0, 1.0]  # and two of the pruned model's calls are interrupted
+
+    def measure(fns, runs=5, warmup=1, device=None, **kwargs):
+        return {
+            "original": [0.1 * d for d in drift],
+            "pruned": [0.03 * d * s for d, s in zip(drift, spike, strict=True)],
+        }
+
+    monkeypatch.setattr(lm_module, "_measure", measure)
+    model = tiny_model("vit")
+    medians = measure_latency({"original": model, "pruned": model})
+    paired = measure_latency({"original": model, "pruned": model}, reference="original")
+    assert paired["original"] == pytest.approx(120.0) == medians["original"]
+    assert paired["pruned"] == pytest.approx(0.3 * 120.0)  # every unspiked round's ratio is 0.3
+    assert medians["pruned"] / medians["original"] == pytest.approx(0.35)  # 42 ms / 120 ms
+    with pytest.raises(ValueError, match="reference='teacher'"):
+        measure_latency({"original": model}, reference="teacher")
+
+
+def test_next_internal_target_scales_then_follows_the_secant():
+    from optimum_snp.pruner import _next_internal_target
+
+    # measured = 1.3 * estimate - 270 (an affine device: an offset that scaling alone overshoots), target 410 ms
+    def round_at(internal: float) -> dict:
+        return {"internal_target_ms": internal, "error": (1.3 * internal - 270) / 410 - 1}
+
+    first = round_at(406.0)
+    assert _next_internal_target([first]) == pytest.approx(406.0 / (1 + first["error"]))
+    second = round_at(_next_internal_target([first]))
+    third = _next_internal_target([first, second])
+    assert (1.3 * third - 270) / 410 - 1 == pytest.approx(0.0, abs=1e-9)  # the secant lands on the target
+    # the two nearest rounds are used; a non-positive slope (noise) falls back to scaling the nearest round
+    far = {"internal_target_ms": 900.0, "error": 2.0}
+    assert _next_internal_target([far, first, second]) == pytest.approx(third)
+    noisy = [{"internal_target_ms": 400.0, "error": 0.1}, {"internal_target_ms": 500.0, "error": -0.05}]
+    assert _next_internal_target(noisy) == pytest.approx(500.0 / 0.95)

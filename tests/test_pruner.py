@@ -444,7 +444,9 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
     layer_calls = {"n": 0}
 
     def counting_outputs(m, batches, original=pruner_module._outputs):
-        layer_cls = type(get_adapter(m).layer(0))  # counts the layers' real forward passes (skipped ones do not run it)
+        layer_cls = type(
+            get_adapter(m).layer(0)
+        )  # counts the layers' real forward passes (skipped ones do not run it)
         real_forward = layer_cls.forward
 
         def counted(self, *args, **kwargs):
@@ -537,6 +539,7 @@ def test_paired_validation_rule_keeps_uniform_unless_the_argmin_wins_row_by_row(
     paired = SNPPruner.from_pretrained(model)
     pruned = paired.prune(SNPConfig(validation_rule="paired", **common), calibration_dataset=data, show_progress=False)
     allocation = paired.report["allocation"]
+
     # the same allocation candidates and divergences; the test is asked once, with each one's per-row divergences
     def first_stage(tried):
         return [(c["allocation"], c["divergence"]) for c in tried if c["qk_criterion"] == tried[0]["qk_criterion"]]
