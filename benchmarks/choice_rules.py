@@ -21,8 +21,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +79,11 @@ def main(argv=None) -> int:
             means = [float(r.mean()) for r in rec.rows]
             argmin = min(range(len(tried)), key=means.__getitem__)
             uniform = next(
-                (i for i, t in enumerate(tried) if t["allocation"] == "uniform" and t["qk_criterion"] == tried[0]["qk_criterion"]),
+                (
+                    i
+                    for i, t in enumerate(tried)
+                    if t["allocation"] == "uniform" and t["qk_criterion"] == tried[0]["qk_criterion"]
+                ),
                 None,
             )
             for i, (t, model, rows) in enumerate(zip(tried, rec.models, rec.rows, strict=True)):

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         help="learning rates (each distils its own copy); 5e-4 chosen on tune (results/minilm_tune_distill_lr_loss.txt)",
     )
     parser.add_argument(
-        "--distill-loss", nargs="+", default=["pooled+tokens"], choices=["pooled", "pooled+tokens"]
+        "--distill-loss", nargs="+", default=["pooled+tokens"], choices=["pooled", "pooled+tokens", "pooled+layers"]
     )  # chosen on tune with the learning rate
     parser.add_argument(
         "--distill-corpus",

@@ -103,6 +103,7 @@ def _check_reachable(
     kept_hidden,
     base_dims,
     target_macs,
+    *,
     max_ratio,
     round_to,
     layer_cost=None,
@@ -152,10 +153,10 @@ def uniform_dims(
         kept_hidden,
         base_dims,
         target_macs,
-        max_ratio,
-        round_to,
-        layer_cost,
-        fixed_cost,
+        max_ratio=max_ratio,
+        round_to=round_to,
+        layer_cost=layer_cost,
+        fixed_cost=fixed_cost,
     )
 
     def keep(dim: int, ratio: float) -> int:
@@ -236,11 +237,11 @@ def allocate_dims(
         kept_hidden,
         base_dims,
         target_macs,
-        max_ratio,
-        round_to,
-        layer_cost,
-        fixed_cost,
-        allow_block_removal,
+        max_ratio=max_ratio,
+        round_to=round_to,
+        layer_cost=layer_cost,
+        fixed_cost=fixed_cost,
+        allow_block_removal=allow_block_removal,
     )
     if layer_cost is not None:
         start = _total_cost(layer_cost, fixed_cost, base_dims)

@@ -19,7 +19,7 @@ from .utils import mean_pool
 
 DISTILLATION_TYPES = ("soft", "hard", "none")
 # feature-extraction students (no logits): what is matched to the teacher's last hidden states
-EMBEDDING_LOSSES = ("pooled", "pooled+tokens")
+EMBEDDING_LOSSES = ("pooled", "pooled+tokens", "pooled+layers")
 
 
 @dataclass
@@ -51,7 +51,8 @@ class SNPTrainingArguments(TrainingArguments):
         metadata={
             "help": "Feature-extraction students (no logits): 'pooled': 1 - cosine of the mean-pooled embeddings; "
             "'pooled+tokens': plus the mean of 1 - cosine over every real token's hidden state (a target per token, "
-            "not per sentence).",
+            "not per sentence); 'pooled+layers': plus that mean for the output of every layer (layer-wise "
+            "distillation, as in TinyBERT and CoFi).",
             "choices": list(EMBEDDING_LOSSES),
         },
     )
@@ -178,6 +179,8 @@ class SNPDistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
+        if getattr(self.args, "embedding_loss", "pooled") == "pooled+layers":
+            inputs["output_hidden_states"] = True  # every layer's output, of the student and of the teacher
         outputs = model(**inputs)
         if getattr(outputs, "logits", None) is None and getattr(outputs, "last_hidden_state", None) is not None:
             loss = self._embedding_loss(outputs, inputs)  # a feature-extraction model: distil its embeddings
@@ -214,15 +217,24 @@ class SNPDistillationTrainer(Trainer):
                 "A feature-extraction model (no logits) is fine-tuned by distilling its embeddings from the unpruned "
                 "model: pass teacher=<the unpruned model>."
             )
-        teacher = self._teacher_outputs(inputs).last_hidden_state.float()
+        kind = getattr(self.args, "embedding_loss", "pooled")
+        teacher_outputs = self._teacher_outputs(inputs)
         student = outputs.last_hidden_state.float()
+        teacher = teacher_outputs.last_hidden_state.float().to(student.device)
         mask = inputs.get("attention_mask")
         mask = torch.ones(student.shape[:2], device=student.device) if mask is None else mask.to(student.dtype)
-        teacher = teacher.to(student.device)
+
+        def per_token(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # mean 1 - cosine over the real tokens
+            return (
+                (1 - F.cosine_similarity(s.float(), t.float().to(s.device), dim=-1)) * mask
+            ).sum() / mask.sum().clamp_min(1)
+
         loss = (1 - F.cosine_similarity(mean_pool(student, mask), mean_pool(teacher, mask), dim=-1)).mean()
-        if getattr(self.args, "embedding_loss", "pooled") == "pooled+tokens":
-            per_token = 1 - F.cosine_similarity(student, teacher, dim=-1)
-            loss = loss + (per_token * mask).sum() / mask.sum().clamp_min(1)
+        if kind == "pooled+tokens":
+            loss = loss + per_token(student, teacher)
+        elif kind == "pooled+layers":  # hidden_states[0] is the embeddings' output; then one per layer
+            pairs = list(zip(outputs.hidden_states[1:], teacher_outputs.hidden_states[1:], strict=True))
+            loss = loss + sum(per_token(s, t) for s, t in pairs) / len(pairs)
         return loss
 
 

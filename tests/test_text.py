@@ -362,7 +362,7 @@ def test_task_pipelines_run_on_a_pruned_folder(task, cls, tokenizer, tmp_path):
         assert isinstance(run("the cat sat on the mat"), list)
 
 
-@pytest.mark.parametrize("loss", ["pooled", "pooled+tokens"])
+@pytest.mark.parametrize("loss", ["pooled", "pooled+tokens", "pooled+layers"])
 def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
     import torch.nn.functional as F
 
@@ -376,13 +376,20 @@ def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
     got = trainer.compute_loss(student, dict(inputs))
     # the same from the definition: mean-pooled over real tokens (and per real token) 1 - cosine
     with torch.no_grad():
-        t, s = teacher(**inputs).last_hidden_state, student(**inputs).last_hidden_state
+        t_out, s_out = teacher(**inputs, output_hidden_states=True), student(**inputs, output_hidden_states=True)
+    t, s = t_out.last_hidden_state, s_out.last_hidden_state
     mask = inputs["attention_mask"].bool()
     pooled = lambda h: torch.stack([h[i][mask[i]].mean(0) for i in range(len(h))])  # noqa: E731
+    tokens = lambda a, b: (1 - F.cosine_similarity(a[mask], b[mask], dim=-1)).mean()  # noqa: E731
     want = (1 - F.cosine_similarity(pooled(s), pooled(t), dim=-1)).mean()
     if loss == "pooled+tokens":
-        want = want + (1 - F.cosine_similarity(s[mask], t[mask], dim=-1)).mean()
+        want = want + tokens(s, t)
+    if loss == "pooled+layers":  # every layer's output (not the embeddings'), the last one included
+        layers = list(zip(s_out.hidden_states[1:], t_out.hidden_states[1:], strict=True))
+        assert len(layers) == teacher.config.num_hidden_layers
+        want = want + sum(tokens(a, b) for a, b in layers) / len(layers)
     torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    assert float(trainer.compute_loss(teacher, dict(inputs))) == pytest.approx(0.0, abs=1e-5)  # student = teacher
     with pytest.raises(ValueError, match="embedding_loss"):
         SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], embedding_loss="tokens")
 
