@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
     parser.add_argument(
-        "--calibration", type=int, default=544, help="calibration sentences incl. 32 held out (default: 512 + 32)"
+        "--calibration", type=int, default=1056, help="calibration sentences incl. 32 held out (default: 1024 + 32)"
     )
     parser.add_argument("--distill-epochs", type=float, default=0)
     parser.add_argument(
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
         print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences "
               f"({args.distill_corpus}), "
               "teacher = the unpruned model; loss 'pooled': 1 - cosine of the pooled embeddings, '+tokens': plus 1 - cosine "
-              "per token):")  # fmt: skip
+              "per token, '+layers': per token of every layer's output):")  # fmt: skip
         print(f"| MACs target | variant | learning rate | loss | {metric_cols} | train (s) |")
         print(f"|---|---|---|---{rule}|---|")
         settings = [(lr, loss) for lr in args.distill_lr for loss in args.distill_loss]

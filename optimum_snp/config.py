@@ -204,7 +204,7 @@ class SNPConfig:
     )
     num_calibration_samples: int | None = field(
         default=None,
-        metadata={"help": "Calibration images or texts; None: the architecture's default (64 images, 512 texts)."},
+        metadata={"help": "Calibration images or texts; None: the architecture's default (64 images, 1024 texts)."},
     )
     batch_size: int = field(default=16, metadata={"help": "Calibration batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the 'random' criterion."})

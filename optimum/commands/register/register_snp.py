@@ -40,7 +40,7 @@ def add_prune_arguments(parser) -> None:
         "--num-samples",
         type=int,
         default=None,
-        help="Number of calibration images or texts. Default: the architecture's (64 images, 512 texts).",
+        help="Number of calibration images or texts. Default: the architecture's (64 images, 1024 texts).",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="Calibration batch size.")
     ratios = parser.add_argument_group("how much to prune (fraction REMOVED, or a MACs target)")
