@@ -256,3 +256,6 @@ def test_next_internal_target_scales_then_follows_the_secant():
     assert _next_internal_target([far, first, second]) == pytest.approx(third)
     noisy = [{"internal_target_ms": 400.0, "error": 0.1}, {"internal_target_ms": 500.0, "error": -0.05}]
     assert _next_internal_target(noisy) == pytest.approx(500.0 / 0.95)
+    # a nearly flat secant would jump far (here to 2100 ms): the scaled step instead
+    flat = [{"internal_target_ms": 677.0, "error": -0.06}, {"internal_target_ms": 738.0, "error": -0.05}]
+    assert _next_internal_target(flat) == pytest.approx(738.0 / 0.95)
