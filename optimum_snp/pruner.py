@@ -553,8 +553,8 @@ class SNPPruner:
         LATENCY_ACCEPT (2.5%: aiming inside a 5% band, since a re-measurement moves by a few percent) moves the
         internal target (`_next_internal_target`: scaled, then along the secant of two rounds) and allocates again
         (`max_rounds` rounds at most). The round that came closest sets the internal target every candidate
-        allocation then uses. The measured model is the first
-        candidate allocated from SNP's scores ('scores^e'), or the only one ('uniform')."""
+        allocation then uses. The measured model is the first candidate allocated from SNP's scores ('scores^e'), or
+        the only one ('uniform'). Every measurement is paired (`measure_latency(..., reference="original")`)."""
         batch = config.latency_batch_size
         for round_idx in range(max_rounds):
             try:
