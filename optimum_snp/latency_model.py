@@ -403,7 +403,8 @@ def measure_latency(
     With `reference` (one of the names), every other model's latency is the reference's median times the median of
     its per-round ratio to the reference: the two calls of a round run a few ms apart, so a drift of the machine's
     speed between rounds cancels in the ratio (DeiT-S pruned to 30%, batch 1, 2 shared cores, 40 rounds measured 8
-    times: the spread of that ratio was 2.4% of its value, against 3.6% for the ratio of the medians)."""
+    times: the spread of that ratio was 2.4% of its value, against 3.6% for the ratio of the medians;
+    benchmarks/latency_noise.py)."""
     from .adapters import get_adapter
 
     if reference is not None and reference not in models:
