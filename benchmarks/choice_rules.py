@@ -2,8 +2,8 @@
 the held-out calibration images (per image: what prune() sees) and on the evaluation split (what users get).
 
 The default picks the candidate with the lowest mean held-out KL. With 32 held-out images (the default when this
-script was run; 64 for images since) that mean is noisy, and a
-candidate can win it by chance against uniform ratios. This script records, for each bench model and MACs target,
+script was run; 64 for images since) that mean is noisy, and a candidate can win it by chance against uniform
+ratios. This script records, for each bench model and MACs target,
 every candidate's per-image held-out KL and its evaluation-split top-1 / KL, and compares decision rules:
 
     argmin      the lowest mean held-out KL (the default until this script)

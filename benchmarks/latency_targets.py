@@ -6,8 +6,8 @@ on an idle machine.
 1. DeiT-S (random weights, `criterion="magnitude", reconstruct="none", allocation="scores"`) pruned to 50% and 30%
    of its measured latency at batch 1 and 16: the target (ms), the pruned model's latency measured afterwards
    (interleaved with the unpruned one over `--runs` rounds: the unpruned model's median times the median per-round
-   ratio), the error, the allocation rounds the pruner took and the
-   latency model's build time (0 when it came from the cache: `--fresh` measures it anew).
+   ratio), the error, the allocation rounds the pruner took and the latency model's build time (0 when it came from
+   the cache: `--fresh` measures it anew).
 2. The embedded digits ViT at equal measured latency: dims allocated by the latency model (`target_latency`) against
    dims allocated by MACs (`target_macs_ratio` searched so that the pruned model's measured latency matches), both
    with the default SNP pipeline (validated allocation, least-squares refit), top-1 on the digits test split zero-shot

@@ -444,9 +444,8 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
     layer_calls = {"n": 0}
 
     def counting_outputs(m, batches, original=pruner_module._outputs):
-        layer_cls = type(
-            get_adapter(m).layer(0)
-        )  # counts the layers' real forward passes (skipped ones do not run it)
+        # counts the layers' real forward passes (skipped ones do not run it)
+        layer_cls = type(get_adapter(m).layer(0))
         real_forward = layer_cls.forward
 
         def counted(self, *args, **kwargs):
