@@ -299,6 +299,37 @@ def before_table(benches: list[Bench]) -> None:
     print()
 
 
+QK_CHOICE_SETTINGS = {
+    "q/k 50% removed": dict(qk_ratio=0.5),
+    "q/k 75% removed": dict(qk_ratio=0.75),
+    "50% MACs": dict(target_macs_ratio=0.5),
+    "30% MACs": dict(target_macs_ratio=0.3),
+    "50% MACs, uniform": dict(target_macs_ratio=0.5, allocation="uniform"),
+    "30% MACs, uniform": dict(target_macs_ratio=0.3, allocation="uniform"),
+}
+
+
+def qk_choice_table(benches: list[Bench]) -> None:
+    """The query/key criterion chosen after the refit ('validated': a refit per criterion) or before it
+    ('validated_before_refit': the sliced models compared, one refit)."""
+    variants = ("validated", "validated_before_refit")
+    header = ["model", "setting"] + [f"{v}: top-1 / KL (chosen)" for v in variants] + [f"{v}: s" for v in variants]
+    table(
+        "Query/key criterion chosen after the refit or before it (default criteria otherwise; top-1 zero-shot / "
+        "logit KL; in brackets the query/key criterion and allocation chosen; prune() seconds)",
+        header,
+    )
+    for bench in benches:
+        for setting, kwargs in QK_CHOICE_SETTINGS.items():
+            results = [bench.run(criterion={"qk": v}, **kwargs) for v in variants]
+            row(
+                [bench.label, setting]
+                + [cell(r) + choice(r, allocation="target_macs_ratio" in kwargs) for r in results]
+                + [f"{r['seconds']:.1f}" for r in results]
+            )
+    print()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["all"], help="bench names, or 'tune' / 'report' / 'all'")
@@ -327,6 +358,7 @@ def main(argv=None) -> int:
         "before": before_table,
         "rounding": rounding_table,
         "refit": refit_table,
+        "qk_choice": qk_choice_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]

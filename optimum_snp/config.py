@@ -18,6 +18,7 @@ CRITERIA = {
         "snp",
         "validated",
         "validated_per_layer",
+        "validated_before_refit",
         "attention",
         "attention_iterative",
         "attention_kl",
@@ -47,6 +48,8 @@ SNP_DEFAULTS = {
 }
 
 
+# query/key criteria that choose between attention_kl and weight magnitude on the calibration data
+VALIDATED_QK = ("validated", "validated_per_layer", "validated_before_refit")
 RECONSTRUCT_MODES = ("least_squares", "bias", "none")
 ALLOCATIONS = ("validated", "scores", "uniform", "sensitivity")
 VALIDATION_RULES = ("argmin", "paired")  # how allocation="validated" picks its candidate

@@ -28,7 +28,7 @@ from .adapters.timm import (
 from .allocation import FIELDS, allocate_dims, round_dims, round_kept, sensitivity_curve, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
 from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
-from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, SNPConfig
+from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, VALIDATED_QK, SNPConfig
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
@@ -176,7 +176,7 @@ class SNPPruner:
                 )
             if validate:
                 batches, held_out = split_batches(batches, num_samples)
-        validated_qk = criteria["qk"] in ("validated", "validated_per_layer")
+        validated_qk = criteria["qk"] in VALIDATED_QK
         scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = (
@@ -256,9 +256,28 @@ class SNPPruner:
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
         # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
         local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
+        # 'validated_before_refit': each candidate's query/key criterion is the one whose sliced model (no refit)
+        # keeps the logits closest on the held-out images; only that one is refit
+        before_refit = len(qk_variants) > 1 and criteria["qk"] == "validated_before_refit"
         if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
             held_out_reference()
-        tried, timing = [], {"reconstruction": 0.0}
+        tried, timing, sliced_tried = [], {"reconstruction": 0.0}, []
+
+        def qk_pruned(kept_dims) -> bool:
+            return any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True))
+
+        def choose_before_refit(name, kept_hidden, kept_dims) -> str:
+            """The query/key criterion whose sliced model is closest to the unpruned one on the held-out images."""
+            if not before_refit or not qk_pruned(kept_dims):
+                return next(iter(qk_variants))
+            divergences = {}
+            for qk_name, qk_scores in qk_variants.items():
+                plan = plan_from_kept_dims(qk_scores, kept_hidden, kept_dims)
+                divergences[qk_name] = _divergence(
+                    reference, _outputs(apply_plan(self.model, plan), held_out), plan.hidden
+                )
+                sliced_tried.append({"qk_criterion": qk_name, "allocation": name, "divergence": divergences[qk_name]})
+            return min(divergences, key=divergences.get)
 
         def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
             plan = plan_from_kept_dims(group_scores, kept_hidden, kept_dims)
@@ -313,7 +332,10 @@ class SNPPruner:
         # picks which pairs each head keeps
         names = list(qk_variants)
         per_row: dict[int, torch.Tensor] = {}  # candidate index -> per-row held-out divergences (rule 'paired')
-        results = [evaluate(names[0], qk_variants[names[0]], *c) for c in candidates]
+        results = []
+        for name, kept_hidden, kept_dims in candidates:
+            qk_name = choose_before_refit(name, kept_hidden, kept_dims)
+            results.append(evaluate(qk_name, qk_variants[qk_name], name, kept_hidden, kept_dims))
         best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
         uniform = next((i for i, r in enumerate(results) if r[1]["allocation"] == "uniform"), None)
         if per_row and uniform is not None and best is not results[uniform]:
@@ -323,7 +345,7 @@ class SNPPruner:
             if not better:
                 best = results[uniform]
         dims = next(c for c in candidates if c[0] == best[1]["allocation"])
-        if not local_qk and any(d.qk_head_dim < o.qk_head_dim for d, o in zip(dims[2], source_dims, strict=True)):
+        if not (local_qk or before_refit) and qk_pruned(dims[2]):
             results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
         # the query/key criterion: the lowest divergence among the chosen dims' candidates
         best = min(
@@ -339,6 +361,8 @@ class SNPPruner:
         self.report["seconds"]["reconstruction"] = round(timing["reconstruction"], 3)
         self.report["reconstruction"] = reconstruction
         self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
+        if sliced_tried:  # 'validated_before_refit': the query/key criteria compared on the sliced models
+            self.report["allocation"]["qk_before_refit"] = sliced_tried
         if self._sensitivity is not None:  # per 'layer.group': kept units -> divergence, that group alone cut
             self.report["allocation"]["sensitivity"] = self._sensitivity
         if reference is not None:
@@ -757,7 +781,7 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
         return True
     qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
     # ('validated_per_layer' is chosen inside the least-squares refit, on the calibration images)
-    return criteria["qk"] == "validated" and qk_pruned
+    return criteria["qk"] in ("validated", "validated_before_refit") and qk_pruned
 
 
 def _output_rows(outputs, mask: torch.Tensor | None, pooled: bool = False) -> tuple[list[torch.Tensor], str]:

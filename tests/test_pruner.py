@@ -202,7 +202,7 @@ def test_snp_config_from_ratio_table_and_serialization(tmp_path):
         (dict(criterion="l1"), "Unknown criterion 'l1'"),
         (
             dict(criterion={"qk": "l1"}),
-            r"Unknown qk criterion 'l1'; choose one of \['snp', 'validated', 'validated_per_layer', 'attention'",
+            r"Unknown qk criterion 'l1'; choose one of \['snp', 'validated', 'validated_per_layer', 'validated_before_refit', 'attention'",
         ),
         (dict(criterion={"attn": "snp"}), r"Unknown criterion group\(s\) \['attn'\]"),
         (dict(target_macs=1e6, target_macs_ratio=0.5), "either `target_macs`"),
@@ -415,6 +415,45 @@ def test_validated_per_layer_query_key_criterion_is_chosen_by_the_least_squares_
         assert torch.equal(state[name], expected[name]), name
     with pytest.raises(ValueError, match="validated_per_layer.*reconstruct='least_squares'"):
         SNPConfig(criterion={"qk": "validated_per_layer"}, reconstruct="bias")
+
+
+def test_validated_before_refit_refits_only_the_criterion_whose_sliced_model_is_closest(data, monkeypatch):
+    import optimum_snp.pruner as pruner_module
+
+    refits = []
+    original_reconstruct = pruner_module.reconstruct
+
+    def counting(original, pruned, plan, *args, **kwargs):
+        refits.append(plan.metadata["criteria"]["qk"])
+        return original_reconstruct(original, pruned, plan, *args, **kwargs)
+
+    monkeypatch.setattr(pruner_module, "reconstruct", counting)
+    model = tiny_model("vit", seed=4)
+    common = dict(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    pruner = SNPPruner.from_pretrained(model)
+    pruner.prune(
+        SNPConfig(criterion={"qk": "validated_before_refit"}, **common), calibration_dataset=data, show_progress=False
+    )
+    compared = pruner.report["allocation"]["qk_before_refit"]
+    divergences = {c["qk_criterion"]: c["divergence"] for c in compared}
+    assert set(divergences) == {"attention_kl", "magnitude"} and len(compared) == 2
+    chosen = min(divergences, key=divergences.get)
+    # one refit, of the chosen criterion's dims; the model holds that criterion's query/key rows
+    assert refits == [chosen]
+    assert pruner.report["criteria"]["qk"] == chosen == pruner.plan.metadata["criteria"]["qk"]
+    assert [c["qk_criterion"] for c in pruner.report["allocation"]["candidates"]] == [chosen]
+    alone = SNPPruner.from_pretrained(model)
+    alone.prune(SNPConfig(criterion={"qk": chosen}, **common), calibration_dataset=data, show_progress=False)
+    assert [lp.qk for lp in pruner.plan.normalized().layers] == [lp.qk for lp in alone.plan.normalized().layers]
+    # the divergences are those of the sliced models (no refit) on the held-out images
+    refits.clear()
+    sliced = SNPPruner.from_pretrained(model)
+    sliced.prune(
+        SNPConfig(criterion={"qk": "validated"}, reconstruct="none", **common),
+        calibration_dataset=data,
+        show_progress=False,
+    )
+    assert {c["qk_criterion"]: c["divergence"] for c in sliced.report["allocation"]["candidates"]} == divergences
 
 
 @pytest.mark.parametrize("kind", ["vit", "deit-teacher", "bert"])

@@ -77,6 +77,33 @@ def test_errors_measured_from_sums_match_direct_computation():
     assert torch.allclose(w.T, expected[:6], atol=1e-6) and torch.allclose(b, expected[6], atol=1e-6)
 
 
+@pytest.mark.parametrize("width", [100, 300, 1100])
+def test_blocked_gram_matches_the_product(width):
+    # wide inputs are multiplied in column blocks, upper triangle only: the same sums as one product
+    torch.manual_seed(0)
+    x, y = torch.randn(300, width), torch.randn(300, 5)
+    stats = ProjectionStats.empty(width, 5)
+    for chunk_x, chunk_y in zip(x.split(128), y.split(128), strict=True):
+        stats.add(chunk_x, chunk_y)
+    exact = x.double().T @ x.double()
+    assert torch.equal(stats.xtx, stats.xtx.T)
+    assert torch.allclose(stats.xtx, exact, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3, 0.5])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_error_returned_by_the_solve_matches_the_error_from_sums(ridge, with_bias):
+    torch.manual_seed(1)
+    x = torch.randn(400, 12)
+    y = x @ torch.randn(12, 4) + 0.3 * torch.randn(400, 4) + 1.0
+    stats = ProjectionStats.empty(12, 4)
+    stats.add(x, y)
+    weight, bias = torch.randn(4, 12), torch.randn(4) if with_bias else None
+    w, b, error = stats.solve(weight, bias, ridge, return_error=True)
+    assert error == pytest.approx(stats.error(w, b), rel=1e-9, abs=1e-12)
+    assert error < stats.error(weight, bias)
+
+
 def test_statistics_memory_is_independent_of_the_image_count():
     model = tiny_model("vit", seed=2)
     plan = random_plan(model, seed=2)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
+from ..config import VALIDATED_QK
 from .base import GroupScores, LayerScores
 from .magnitude import magnitude_scores, random_scores
 
@@ -82,7 +83,7 @@ class SNPStatistics:
         self.model = model
         self.seed = seed  # with the layer and the image's index, seeds the query rows "attention_kl" samples
         self.adapter = get_adapter(model)
-        if criteria.get("qk") in ("validated", "validated_per_layer"):  # compared with magnitude: attention_kl
+        if criteria.get("qk") in VALIDATED_QK:  # compared with magnitude: attention_kl
             criteria = {**criteria, "qk": "attention_kl"}
         self.criteria = criteria
         self.qk_rank = qk_rank
