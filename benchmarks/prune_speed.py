@@ -5,7 +5,7 @@ digits, upscaled by the derived image processor), measured in one process: forwa
 ratio uses the mean of the two forward timings). Also the peak resident memory after each phase.
 
     python benchmarks/prune_speed.py [--size base] [--images 64] [--target-macs-ratio 0.36 | --ratio-table DeiT_b]
-        [--reconstruct least_squares|bias|none] [--allocation validated|scores|uniform]
+        [--reconstruct least_squares|bias|none] [--allocation validated|scores|uniform] [--retain-freed-memory]
 """
 
 from __future__ import annotations
@@ -41,7 +41,16 @@ def main(argv=None) -> int:
     parser.add_argument("--allocation", default="validated", choices=["validated", "scores", "uniform"])
     parser.add_argument("--criterion", default="snp")
     parser.add_argument("--device", default="cpu", help="e.g. cuda: the model (and pruning) on that device")
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="optimum_snp.retain_freed_memory() first (what snp-prune does): forward and prune() both run with it",
+    )
     args = parser.parse_args(argv)
+    if args.retain_freed_memory:
+        from optimum_snp import retain_freed_memory
+
+        print(f"retain_freed_memory(): {retain_freed_memory()}")
 
     from transformers import DeiTForImageClassification
 
@@ -87,10 +96,12 @@ def main(argv=None) -> int:
     else:
         config = SNPConfig(target_macs_ratio=args.target_macs_ratio, **common)
     sync()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     sync()
     t_prune = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
     rss_prune = peak_rss_gib()
     t_forward_2 = forward()
     t_forward = (t_forward_1 + t_forward_2) / 2
@@ -117,6 +128,12 @@ def main(argv=None) -> int:
         f"{pruner.report['seconds']['scoring']:.2f} | {pruner.report['seconds']['reconstruction']:.2f} | "
         f"{t_prune / t_forward:.2f} | {rss_forward:.2f} GiB | "
         f"{rss_prune:.2f} GiB |"
+    )
+    # glibc returns large freed buffers to the OS: each new one is page-faulted in again (system time)
+    print(
+        f"during prune(): {after.ru_minflt - usage.ru_minflt} minor page faults, "
+        f"{after.ru_stime - usage.ru_stime:.1f} s system / {after.ru_utime - usage.ru_utime:.1f} s user CPU time; "
+        f"retain_freed_memory: {args.retain_freed_memory}"
     )
     if args.device.startswith("cuda"):
         print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

@@ -34,6 +34,7 @@ from .pruner import SNPPruner
 from .ratios import PruningRatios, available_ratio_tables, load_ratio_table
 from .slicing import apply_plan
 from .training import SNPDistillationTrainer, SNPTrainingArguments
+from .utils import retain_freed_memory
 from .version import __version__
 
 
@@ -75,4 +76,5 @@ __all__ = [
     "available_ratio_tables",
     "load_ratio_table",
     "apply_plan",
+    "retain_freed_memory",
 ]

@@ -89,7 +89,9 @@ def _run(args) -> int:
     from .hub import push_pruned_model
     from .pruner import SNPPruner, load_model
     from .slicing import apply_plan
-    from .utils import check_output_dir
+    from .utils import check_output_dir, retain_freed_memory
+
+    retain_freed_memory()  # the command's own process: large buffers reused, not page-faulted in again
 
     config = config_from_args(args)
     show = not args.no_progress

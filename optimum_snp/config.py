@@ -39,7 +39,8 @@ CRITERIA = {
 SNP_DEFAULTS = {
     # attention_kl or magnitude, whichever keeps the logits closer on held-out images (for the whole model; chosen per
     # layer inside the least-squares refit, "validated_per_layer" needs one refit instead of two but lost 8.9 points
-    # to it on the report model digits-deit-s1 at 30% MACs: README "Recovery without retraining")
+    # to it on the report model digits-deit-s1 at 30% MACs; "validated_before_refit" compares the sliced models and
+    # refits one, tied in top-1 and lost in logit KL on the tune models: README "Recovery without retraining")
     "qk": "validated",
     "v": "contribution",
     "mlp": "contribution",

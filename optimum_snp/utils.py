@@ -1,4 +1,5 @@
-"""Writing folders: the one output-folder check and the one atomic write, shared by every step that writes."""
+"""Writing folders (the one output-folder check and the one atomic write, shared by every step that writes), mean
+pooling, and the process's allocator setting for long CPU runs."""
 
 from __future__ import annotations
 
@@ -94,3 +95,31 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     embedding sentence-transformers computes."""
     real = mask.to(device=hidden.device, dtype=hidden.dtype)[..., None]
     return (hidden * real).sum(1) / real.sum(1).clamp_min(1)
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+
+
+def retain_freed_memory() -> bool:
+    """Makes glibc's malloc keep the memory a process frees (no mmap for large blocks, no trimming of the heap), so the
+    large buffers of every forward pass are reused instead of being handed back to the OS and page-faulted in again.
+    On 2 CPU cores it cut DeiT-B's scoring pass (64 images) from 25.5 s to 19.6 s and its page faults from 1.7 M to
+    2 k (README, Pruning speed). Process-wide and permanent: the resident memory stays at its peak, so the `snp-prune`
+    command (its own process) calls it, and a library user opts in. The same as the environment variables
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456. Returns whether it applied
+    (False where the C library is not glibc)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(
+        mallopt(param, value) == 1
+        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 2**28))
+    )
