@@ -252,7 +252,7 @@ class SNPPruner:
         finally:
             self._context = None
         source_dims = adapter.layer_dims()
-        if not any(d.qk_head_dim < o.qk_head_dim for d, o in zip(candidates[0][2], source_dims, strict=True)):
+        if not _prunes_qk(candidates[0][2], source_dims):
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
         # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
         local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
@@ -263,12 +263,9 @@ class SNPPruner:
             held_out_reference()
         tried, timing, sliced_tried = [], {"reconstruction": 0.0}, []
 
-        def qk_pruned(kept_dims) -> bool:
-            return any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True))
-
         def choose_before_refit(name, kept_hidden, kept_dims) -> str:
             """The query/key criterion whose sliced model is closest to the unpruned one on the held-out images."""
-            if not before_refit or not qk_pruned(kept_dims):
+            if not before_refit or not _prunes_qk(kept_dims, source_dims):
                 return next(iter(qk_variants))
             divergences = {}
             for qk_name, qk_scores in qk_variants.items():
@@ -284,7 +281,7 @@ class SNPPruner:
             plan.metadata.update(criteria={**criteria, "qk": qk_name}, snp_config=config.to_dict())
             # the least-squares refit chooses each layer's query/key rows among the criteria's (no second candidate)
             alternatives = None
-            if local_qk and any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True)):
+            if local_qk and _prunes_qk(kept_dims, source_dims):
                 alternatives = {
                     qk: plan_from_kept_dims(qk_scores, kept_hidden, kept_dims) for qk, qk_scores in qk_variants.items()
                 }
@@ -345,7 +342,7 @@ class SNPPruner:
             if not better:
                 best = results[uniform]
         dims = next(c for c in candidates if c[0] == best[1]["allocation"])
-        if not (local_qk or before_refit) and qk_pruned(dims[2]):
+        if not (local_qk or before_refit) and _prunes_qk(dims[2], source_dims):
             results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
         # the query/key criterion: the lowest divergence among the chosen dims' candidates
         best = min(
@@ -773,6 +770,11 @@ def _remove_blocks(dims: list, config: SNPConfig, adapter) -> list:
 
 PAIRED_LEVEL = 0.05  # one-sided level of `paired_better` (conventional, not fitted)
 LATENCY_ACCEPT = 0.025  # relative miss of a latency target that ends the allocation rounds
+
+
+def _prunes_qk(kept_dims: list, source_dims: list) -> bool:
+    """Whether any layer of `kept_dims` keeps fewer query/key dims per head than the unpruned model's."""
+    return any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True))
 
 
 def _has_choices(config: SNPConfig, criteria: dict) -> bool:
