@@ -15,7 +15,8 @@ dims of the kept heads, `fc2` the kept MLP units); the adapter names them (`reco
   nothing pruned the refit returns the original weights for any ridge. `X^T X`, `X^T Y` and the sums of X and Y
   are running sums over batches (products per batch in float32, sums in float64), so the statistics' memory is
   independent of the number of images. Each layer's input (both models) is cached once, so no layer is run
-  from the model's input again.
+  from the model's input again; within a layer, the attention runs once: after `o_proj`'s refit, the passes for
+  the projections after it take `o_proj`'s recorded inputs instead of computing the attention again.
 - "bias": FLAP-style bias compensation, no solve: the mean (over the calibration images, in the unpruned model)
   of the removed units' contribution is folded into the projection's bias, b += W[:, removed] @ E[x_removed].
   One forward pass of the unpruned model.
@@ -586,6 +587,7 @@ def _projection_stats(
     masks: list | None = None,
     sum_point=None,
     folds: int = 0,
+    record: list | None = None,
 ) -> tuple[ProjectionStats, list]:
     """Statistics of `proj`'s input in the pruned `layer` against the targets. The layer runs up to `proj` only;
     with `keep` (for a projection whose output is simply added to the layer's output), it runs to the end with
@@ -595,12 +597,16 @@ def _projection_stats(
     With `sum_point` (refit_target='residual'; a module whose first input is `proj(x) + residual`, or "output": the
     layer's output), the targets are the unpruned model's sums there, and `proj` is fitted to the target minus the
     pruned layer's residual (read at the sum point while `proj` outputs zeros): the sum then matches the unpruned
-    model's, so the refit also absorbs the drift from earlier layers."""
+    model's, so the refit also absorbs the drift from earlier layers.
+
+    With `record` (a list), `proj`'s input of each batch is appended to it (for `_replayed_attention`)."""
     stats = ProjectionStats.empty(proj.in_features, proj.out_features, device=proj.weight.device, folds=folds)
     current = {"target": None, "input": None, "mask": None}
 
     def capture(inp, *args, **kwargs):
         current["input"] = inp.detach()
+        if record is not None:
+            record.append(current["input"])
         if sum_point is None:
             stats.add(inp, current["target"], current["mask"])
             if not keep:
@@ -632,6 +638,37 @@ def _projection_stats(
         if handle is not None:
             handle.remove()
     return stats, kept
+
+
+@contextlib.contextmanager
+def _replayed_attention(modules: dict[str, nn.Module], o_inputs: list[torch.Tensor] | None):
+    """While active, each run of the layer (one per batch, in the order of `o_inputs`) computes `o_proj` on that
+    batch's recorded input instead of the attention's: q_proj, k_proj and v_proj return zeros (their outputs reach
+    the layer only through `o_proj`'s input; adapters where that fails set `attention_only_through_o_proj = False`),
+    so the attention's projections are not computed again. `o_inputs` None: nothing replayed."""
+    if o_inputs is None:
+        yield
+        return
+    o_proj = modules["o_proj"]
+    recorded = iter(o_inputs)
+
+    def replay(x, *args, **kwargs):
+        inp = next(recorded, None)
+        if inp is None or inp.shape[:-1] != x.shape[:-1]:
+            raise RuntimeError("the replayed attention ran on other batches than the ones its inputs were recorded on")
+        return type(o_proj).forward(o_proj, inp)
+
+    def zeros(module):
+        return lambda x, *args, **kwargs: x.new_zeros(*x.shape[:-1], module.out_features)
+
+    patched = [(o_proj, replay)] + [(modules[k], zeros(modules[k])) for k in ("q_proj", "k_proj", "v_proj")]
+    for module, forward in patched:
+        module.forward = forward  # the instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for module, _ in patched:
+            del module.forward
 
 
 def default_ridge(adapter, num_batches: int) -> float | str:
@@ -699,9 +736,12 @@ def _least_squares(
             next_o = None
             outputs = {k: [_select(o, hidden) for o in cache.outputs[idx][k]] for k in keys}
         entry = {"layer": idx}
+        # o_proj's input per batch, recorded while it is refit: the passes after its refit replay the attention
+        replays = adapter_p.attention_only_through_o_proj and keys[:1] == ["o_proj"]
+        o_inputs = None
         chosen_stats = None
         if alternatives and keys and _differ_in_qk(alternatives, idx):
-            chosen_stats = _choose_qk(
+            chosen_stats, chosen_inputs = _choose_qk(
                 original,
                 pruned,
                 adapter_o,
@@ -724,12 +764,25 @@ def _least_squares(
             # the layer to the end once and correct its output after the refit, instead of running it again
             additive = key == keys[-1] and key in adapter_p.residual_output_targets
             targets = outputs.pop(key)
+            record = [] if replays and key == "o_proj" and not additive else None
             if chosen_stats is not None and key == keys[0] and not additive:
                 stats, kept = chosen_stats, []  # computed while choosing the query/key rows
+                record = chosen_inputs if record is not None else None
             else:
-                stats, kept = _projection_stats(
-                    layer_p, proj, inputs_p, targets, keep=additive, masks=masks, sum_point=sums[key], folds=folds
-                )
+                with _replayed_attention(mods_p, o_inputs):
+                    stats, kept = _projection_stats(
+                        layer_p,
+                        proj,
+                        inputs_p,
+                        targets,
+                        keep=additive,
+                        masks=masks,
+                        sum_point=sums[key],
+                        folds=folds,
+                        record=record,
+                    )
+            if record is not None:
+                o_inputs = record
             before = stats.error(proj.weight, proj.bias)
             weight, bias, used, after = _refit(stats, proj, ridge)
             proj.weight.copy_(weight.to(proj.weight.dtype))
@@ -743,7 +796,9 @@ def _least_squares(
                 next_p = [(out + proj(x), a, kw) for (x, out), (_, a, kw) in zip(kept, inputs_p, strict=True)]
         layers.append(entry)
         if next_p is None:
-            next_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
+            with _replayed_attention(mods_p, o_inputs):
+                next_p = [(_run_layer(layer_p, h, a, kw), a, kw) for h, a, kw in inputs_p]
+        del o_inputs
         last_inputs, inputs_p = inputs_p, next_p
         inputs_o = next_o
     if capture is not None and only is None:  # the refit model's last-layer outputs, for `skipped_layers`
@@ -782,7 +837,8 @@ def _choose_qk(
     folds,
 ):
     """Puts each alternative's query/key rows of layer `idx` in the pruned layer, refits `proj` (the attention's
-    output projection) and keeps the rows with the lowest error after the refit; returns that refit's statistics."""
+    output projection) and keeps the rows with the lowest error after the refit; returns that refit's statistics
+    and `proj`'s inputs (one per batch)."""
     names = [name for name, _ in adapter_o.layer_groups(idx)["qk"]]
     params = {name: pruned.get_parameter(name) for name in names}
     errors, best = {}, None
@@ -790,15 +846,18 @@ def _choose_qk(
         tensors = sliced_parameters(original, alt, names)
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))
-        stats, _ = _projection_stats(layer_p, proj, inputs_p, targets, masks=masks, sum_point=sum_point, folds=folds)
+        record = []
+        stats, _ = _projection_stats(
+            layer_p, proj, inputs_p, targets, masks=masks, sum_point=sum_point, folds=folds, record=record
+        )
         *_, errors[alt_name] = _refit(stats, proj, ridge)
         if best is None or errors[alt_name] < errors[best[0]]:
-            best = (alt_name, stats, tensors)
+            best = (alt_name, stats, tensors, record)
     for name, tensor in best[2].items():  # the chosen rows back in the layer
         params[name].copy_(tensor.to(params[name].dtype))
     entry["qk_criterion"] = best[0]
     entry["qk_mse"] = errors
-    return best[1]
+    return best[1], best[3]
 
 
 def chosen_plan(plan: PruningPlan, alternatives: dict[str, PruningPlan], report: dict) -> PruningPlan:

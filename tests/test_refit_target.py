@@ -215,3 +215,37 @@ def test_text_default_ridge_is_cross_validated_with_a_fixed_fallback(tokenizer):
     # ViT/DeiT keep their fixed default
     vit = tiny_model("vit")
     assert get_adapter(vit).default_ridge == 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["output", "residual"])
+def test_replayed_attention_gives_the_same_refit_and_computes_the_projections_once(
+    kind, target, tokenizer, monkeypatch
+):
+    """After o_proj's refit, the passes for the projections after it replay the attention from o_proj's recorded
+    inputs: the same weights bit for bit as computing the attention again, with q_proj run once per batch."""
+    model = _model(kind, seed=3)
+    plan = random_plan(model, seed=3)
+    batches = _batches(kind, tokenizer)
+    replayed = apply_plan(model, plan)
+    adapter = get_adapter(replayed)
+    queries = {adapter.layer_modules(idx)["q_proj"]: idx for idx in range(adapter.num_layers)}
+    calls = [0] * adapter.num_layers
+    forward = torch.nn.Linear.forward
+
+    def counting(module, x):
+        if module in queries:
+            calls[queries[module]] += 1
+        return forward(module, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", counting)
+    reconstruct(model, replayed, plan, batches, refit_target=target, show_progress=False)
+    assert calls == [len(batches)] * adapter.num_layers
+    monkeypatch.setattr(type(adapter), "attention_only_through_o_proj", False)
+    calls[:] = [0] * adapter.num_layers
+    again = apply_plan(model, plan)
+    queries = {get_adapter(again).layer_modules(idx)["q_proj"]: idx for idx in range(adapter.num_layers)}
+    reconstruct(model, again, plan, batches, refit_target=target, show_progress=False)
+    assert min(calls) >= 2 * len(batches)  # without the replay, the attention runs again after o_proj's refit
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, replayed.state_dict()[name]), name

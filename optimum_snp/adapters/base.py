@@ -40,6 +40,10 @@ class ArchitectureAdapter:
     supports_hidden_pruning: bool = True
     # whether the SNP family can drop a whole attention or MLP block of a layer (block pruning: its dims 0)
     supports_block_removal: bool = False
+    # whether q_proj, k_proj and v_proj reach the rest of the layer only through o_proj's input (standard attention):
+    # the refit then replays a layer's attention from o_proj's recorded inputs after refitting o_proj, instead of
+    # computing the attention again for the projections after it
+    attention_only_through_o_proj: bool = True
     # reconstruction targets whose output is added, unchanged, to the layer's output (pre-norm residual blocks), so
     # the refit can correct the layer output instead of running the layer again
     residual_output_targets: tuple[str, ...] = ()
