@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablation import Bench  # noqa: E402
 from bench_models import BENCH, report_models, tuning_models  # noqa: E402
 
-import optimum_snp.pruner as pruner_module  # noqa: E402
+import optimum_snp.validation as validation_module  # noqa: E402
 from optimum_snp import SNPConfig  # noqa: E402
-from optimum_snp.pruner import paired_better  # noqa: E402
+from optimum_snp.validation import paired_better  # noqa: E402
 
 
 class Recorder:
@@ -37,7 +37,7 @@ class Recorder:
 
     def __init__(self):
         self.models, self.rows = [], []
-        self._reconstruct, self._divergence = pruner_module.reconstruct, pruner_module._divergence
+        self._reconstruct, self._divergence = validation_module.reconstruct, validation_module.divergence
 
     def __enter__(self):
         def reconstruct(original, pruned, *args, **kwargs):
@@ -49,11 +49,11 @@ class Recorder:
             self.rows.append(rows)
             return rows if per_row else self._divergence(reference, outputs, hidden)
 
-        pruner_module.reconstruct, pruner_module._divergence = reconstruct, divergence
+        validation_module.reconstruct, validation_module.divergence = reconstruct, divergence
         return self
 
     def __exit__(self, *exc):
-        pruner_module.reconstruct, pruner_module._divergence = self._reconstruct, self._divergence
+        validation_module.reconstruct, validation_module.divergence = self._reconstruct, self._divergence
 
 
 def main(argv=None) -> int:

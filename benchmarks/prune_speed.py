@@ -46,6 +46,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="optimum_snp.retain_freed_memory() first (what snp-prune does): forward and prune() both run with it",
     )
+    parser.add_argument(
+        "--replay-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="then time the least-squares refit of the chosen plan with and without the attention replay "
+        "(ROUNDS interleaved pairs)",
+    )
     args = parser.parse_args(argv)
     if args.retain_freed_memory:
         from optimum_snp import retain_freed_memory
@@ -137,7 +145,39 @@ def main(argv=None) -> int:
     )
     if args.device.startswith("cuda"):
         print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if args.replay_ab:
+        replay_ab(model, pruner.plan, batches, args.replay_ab, sync)
     return 0
+
+
+def replay_ab(model, plan, batches, rounds: int, sync) -> None:
+    """The refit of `plan` (no target cache: each run also passes the unpruned model once) with the attention replayed
+    from o_proj's recorded inputs (the default) and computed again (`attention_only_through_o_proj = False`),
+    interleaved in one process; the same weights either way (checked)."""
+    from optimum_snp import apply_plan, get_adapter
+    from optimum_snp.reconstruction import reconstruct
+
+    adapter_class = type(get_adapter(model))
+    times = {True: [], False: []}
+    states = {}
+    for _ in range(rounds):
+        for replay in (True, False):
+            adapter_class.attention_only_through_o_proj = replay
+            pruned = apply_plan(model, plan)
+            sync()
+            start = time.perf_counter()
+            reconstruct(model, pruned, plan, batches, show_progress=False)
+            sync()
+            times[replay].append(time.perf_counter() - start)
+            states[replay] = pruned.state_dict()
+    adapter_class.attention_only_through_o_proj = True
+    same = all(torch.equal(t, states[False][k]) for k, t in states[True].items())
+    print(
+        f"refit of the chosen plan, {rounds} interleaved rounds: replayed attention "
+        f"{', '.join(f'{t:.2f}' for t in times[True])} s; computed again {', '.join(f'{t:.2f}' for t in times[False])}"
+        f" s; ratio of the medians {sorted(times[True])[rounds // 2] / sorted(times[False])[rounds // 2]:.3f}; "
+        f"weights bit-identical: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from dataclasses import replace
 
 import torch
@@ -32,12 +31,13 @@ from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, VALIDATED_QK, SNPC
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
 from .ratios import PruningRatios
-from .reconstruction import TargetCache, chosen_plan, layer_inputs, next_layer_inputs, reconstruct, skipped_layers
+from .reconstruction import TargetCache, layer_inputs, next_layer_inputs, reconstruct, skipped_layers
 from .report import build_report
 from .scoring import magnitude_scores
 from .scoring.snp import scores_to_cpu, snp_scores
 from .slicing import apply_plan
-from .utils import atomic_directory, check_output_dir, mean_pool
+from .utils import atomic_directory, check_output_dir
+from .validation import CandidateSearch, HeldOut, OutputRecorder, divergence, model_outputs, prunes_qk
 
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,60 @@ class SNPPruner:
         self._latency = None
         self._sensitivity = None
 
+        batches, held_out, num_samples = self._calibration_batches(
+            config, criteria, calibration_dataset, split, show_progress
+        )
+        scores, qk_variants, cache, recorder = self._score(config, criteria, batches, held_out, show_progress)
+        scored = time.perf_counter()
+        held_out = HeldOut(self.model, batches, held_out, recorder, num_samples)
+        # what allocation='sensitivity' measures its curves with
+        self._context = dict(batches=batches, cache=cache, held_out=held_out, progress=show_progress)
+        try:
+            if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
+                self._calibrate_latency(config, ratios, scores)
+            candidates = self._candidate_dims(config, ratios, scores)
+        finally:
+            self._context = None
+        if not prunes_qk(candidates[0][2], adapter.layer_dims()):
+            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
+        search = CandidateSearch(self.model, config, criteria, qk_variants, batches, cache, held_out, show_progress)
+        plan, pruned, chosen, reconstruction = search.run(candidates)
+        done = time.perf_counter()
+        criteria = {**criteria, "qk": chosen["qk_criterion"]}
+
+        self.plan = plan
+        self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
+        self.report["seconds"]["reconstruction"] = round(search.reconstruction_s, 3)
+        self.report["reconstruction"] = reconstruction
+        self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": search.tried}
+        if search.sliced_tried:  # 'validated_before_refit': the query/key criteria compared on the sliced models
+            self.report["allocation"]["qk_before_refit"] = search.sliced_tried
+        if self._sensitivity is not None:  # per 'layer.group': kept units -> divergence, that group alone cut
+            self.report["allocation"]["sensitivity"] = self._sensitivity
+        if held_out.reference is not None:
+            self.report["allocation"]["num_validation_samples"] = held_out.num_rows
+        if config.target_latency is not None:
+            self.report["latency"] = self._latency_report(config, plan, pruned)
+        # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
+        attach_pruning_info(
+            pruned,
+            PruningInfo(
+                snp_config=config,
+                report=self.report,
+                plan=plan,
+                image_processor=self.preprocessor,
+                base_model=self.source,
+                source=self.source,
+            ),
+        )
+        if save_dir is not None:
+            self.save(pruned, save_dir, config, overwrite=overwrite)
+        return pruned
+
+    def _calibration_batches(self, config: SNPConfig, criteria: dict, calibration_dataset, split, show_progress):
+        """(calibration batches, held-out batches or None, number of calibration samples asked for): the held-out
+        samples come on top of the calibration ones when prune() will compare candidates."""
+        adapter = get_adapter(self.model)
         batches, held_out = None, None
         num_samples = config.num_calibration_samples or adapter.default_calibration_samples
         if config.needs_calibration:
@@ -176,6 +230,11 @@ class SNPPruner:
                 )
             if validate:
                 batches, held_out = split_batches(batches, num_samples)
+        return batches, held_out, num_samples
+
+    def _score(self, config: SNPConfig, criteria: dict, batches, held_out, show_progress: bool):
+        """(scores, query/key scores per criterion to choose among, the refit's target cache, the recorder of the
+        unpruned outputs): one pass of the unpruned model over the calibration batches records all of them."""
         validated_qk = criteria["qk"] in VALIDATED_QK
         scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
@@ -187,7 +246,7 @@ class SNPPruner:
         # with no images left to hold out, candidates are compared on the calibration images: the unpruned model's
         # outputs on them are recorded during the scoring pass instead of running the model again
         recorder = (
-            _OutputRecorder(self.model, len(batches))
+            OutputRecorder(self.model, len(batches))
             if batches and not held_out and _has_choices(config, criteria)
             else None
         )
@@ -200,8 +259,6 @@ class SNPPruner:
                 seed=config.seed,
                 show_progress=show_progress,
             )
-        scored = time.perf_counter()
-
         # query/key scores to choose among ('validated': SNP's second-order attention criterion, or weight magnitude)
         qk_variants = {criteria["qk"]: scores}
         if validated_qk:
@@ -213,174 +270,7 @@ class SNPPruner:
                     layers=[replace(ls, qk=m.qk) for ls, m in zip(scores.layers, magnitude.layers, strict=True)],
                 ),
             }
-        reference = None
-
-        def held_out_reference():
-            """(held-out batches, the unpruned model's outputs on them), computed once."""
-            nonlocal held_out, reference
-            if reference is not None:
-                return held_out, reference
-            if not held_out and batches:
-                warnings.warn(
-                    "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
-                    f"dataset has at most num_calibration_samples={num_samples}); candidates are "
-                    "compared on the calibration images themselves.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            held_out = held_out or batches
-            if not held_out:
-                raise ValueError(
-                    "allocation='validated' or 'sensitivity' and the 'validated' query/key criterion compare "
-                    "candidates on calibration images; pass `calibration_dataset`, or use allocation='scores' or "
-                    "'uniform' and criterion='magnitude'."
-                )
-            if recorder is not None and held_out is batches and recorder.complete:
-                reference = recorder.rows(get_adapter(self.model), batches)
-            else:
-                reference = _outputs(self.model, held_out)
-            return held_out, reference
-
-        # what allocation='sensitivity' measures its curves with
-        self._context = dict(
-            batches=batches, cache=cache, held_out_reference=held_out_reference, progress=show_progress
-        )
-        try:
-            if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
-                self._calibrate_latency(config, ratios, scores)
-            candidates = self._candidate_dims(config, ratios, scores)
-        finally:
-            self._context = None
-        source_dims = adapter.layer_dims()
-        if not _prunes_qk(candidates[0][2], source_dims):
-            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
-        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
-        local_qk = len(qk_variants) > 1 and criteria["qk"] == "validated_per_layer"
-        # 'validated_before_refit': each candidate's query/key criterion is the one whose sliced model (no refit)
-        # keeps the logits closest on the held-out images; only that one is refit
-        before_refit = len(qk_variants) > 1 and criteria["qk"] == "validated_before_refit"
-        if len(candidates) > 1 or (len(qk_variants) > 1 and not local_qk):
-            held_out_reference()
-        tried, timing, sliced_tried = [], {"reconstruction": 0.0}, []
-
-        def choose_before_refit(name, kept_hidden, kept_dims) -> str:
-            """The query/key criterion whose sliced model is closest to the unpruned one on the held-out images."""
-            if not before_refit or not _prunes_qk(kept_dims, source_dims):
-                return next(iter(qk_variants))
-            divergences = {}
-            for qk_name, qk_scores in qk_variants.items():
-                plan = plan_from_kept_dims(qk_scores, kept_hidden, kept_dims)
-                divergences[qk_name] = _divergence(
-                    reference, _outputs(apply_plan(self.model, plan), held_out), plan.hidden
-                )
-                sliced_tried.append({"qk_criterion": qk_name, "allocation": name, "divergence": divergences[qk_name]})
-            return min(divergences, key=divergences.get)
-
-        def evaluate(qk_name, group_scores, name, kept_hidden, kept_dims):
-            plan = plan_from_kept_dims(group_scores, kept_hidden, kept_dims)
-            plan.metadata.update(criteria={**criteria, "qk": qk_name}, snp_config=config.to_dict())
-            # the least-squares refit chooses each layer's query/key rows among the criteria's (no second candidate)
-            alternatives = None
-            if local_qk and _prunes_qk(kept_dims, source_dims):
-                alternatives = {
-                    qk: plan_from_kept_dims(qk_scores, kept_hidden, kept_dims) for qk, qk_scores in qk_variants.items()
-                }
-            pruned = apply_plan(self.model, plan)
-            sliced = time.perf_counter()
-            # compared on the calibration images themselves (none held out): the refit's pass over them already
-            # computed the pruned model's last hidden states, so only the embeddings and the head run again
-            capture = (
-                {} if reference is not None and held_out is batches and config.reconstruct == "least_squares" else None
-            )
-            reconstruction = reconstruct(
-                self.model,
-                pruned,
-                plan,
-                batches,
-                mode=config.reconstruct,
-                ridge=config.ridge,
-                show_progress=show_progress and reference is None,
-                cache=cache,
-                qk_alternatives=alternatives,
-                refit_target=config.refit_target,
-                capture=capture,
-            )
-            if alternatives:
-                plan = chosen_plan(plan, alternatives, reconstruction)
-                plan.metadata["criteria"]["qk"] = qk_name = "validated_per_layer"
-            timing["reconstruction"] += time.perf_counter() - sliced
-            divergence = None
-            if reference is not None:
-                skip = (
-                    skipped_layers(pruned, get_adapter(pruned).num_layers, capture["hidden"], capture["like"])
-                    if capture
-                    else contextlib.nullcontext()
-                )
-                with skip:
-                    outputs = _outputs(pruned, held_out)
-                divergence = _divergence(reference, outputs, plan.hidden)
-                if config.validation_rule == "paired":
-                    per_row[len(tried)] = _divergence(reference, outputs, plan.hidden, per_row=True)
-            entry = {"qk_criterion": qk_name, "allocation": name, "divergence": divergence}
-            tried.append({**entry, "macs": model_size_of(pruned).macs})
-            return divergence, entry, plan, pruned, reconstruction
-
-        # 1. the allocation (dims per layer, from SNP's scores); 2. for the chosen dims, the query/key criterion that
-        # picks which pairs each head keeps
-        names = list(qk_variants)
-        per_row: dict[int, torch.Tensor] = {}  # candidate index -> per-row held-out divergences (rule 'paired')
-        results = []
-        for name, kept_hidden, kept_dims in candidates:
-            qk_name = choose_before_refit(name, kept_hidden, kept_dims)
-            results.append(evaluate(qk_name, qk_variants[qk_name], name, kept_hidden, kept_dims))
-        best = min(results, key=lambda r: r[0] if r[0] is not None else 0.0)
-        uniform = next((i for i, r in enumerate(results) if r[1]["allocation"] == "uniform"), None)
-        if per_row and uniform is not None and best is not results[uniform]:
-            # 'paired': the argmin candidate replaces uniform ratios only where it is lower row by row, beyond chance
-            better, p_value = paired_better(per_row[results.index(best)], per_row[uniform])
-            tried[results.index(best)]["p_value_vs_uniform"] = p_value
-            if not better:
-                best = results[uniform]
-        dims = next(c for c in candidates if c[0] == best[1]["allocation"])
-        if not (local_qk or before_refit) and _prunes_qk(dims[2], source_dims):
-            results += [evaluate(name, qk_variants[name], *dims) for name in names[1:]]
-        # the query/key criterion: the lowest divergence among the chosen dims' candidates
-        best = min(
-            (r for r in results if r[1]["allocation"] == best[1]["allocation"]),
-            key=lambda r: r[0] if r[0] is not None else 0.0,
-        )
-        _, chosen, plan, pruned, reconstruction = best
-        done = time.perf_counter()
-        criteria = {**criteria, "qk": chosen["qk_criterion"]}
-
-        self.plan = plan
-        self.report = self._report(config, criteria, plan, pruned, batches, scored - start, done - start)
-        self.report["seconds"]["reconstruction"] = round(timing["reconstruction"], 3)
-        self.report["reconstruction"] = reconstruction
-        self.report["allocation"] = {"chosen": chosen["allocation"], "candidates": tried}
-        if sliced_tried:  # 'validated_before_refit': the query/key criteria compared on the sliced models
-            self.report["allocation"]["qk_before_refit"] = sliced_tried
-        if self._sensitivity is not None:  # per 'layer.group': kept units -> divergence, that group alone cut
-            self.report["allocation"]["sensitivity"] = self._sensitivity
-        if reference is not None:
-            self.report["allocation"]["num_validation_samples"] = sum(batch_length(b) for b in held_out)
-        if config.target_latency is not None:
-            self.report["latency"] = self._latency_report(config, plan, pruned)
-        # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
-        attach_pruning_info(
-            pruned,
-            PruningInfo(
-                snp_config=config,
-                report=self.report,
-                plan=plan,
-                image_processor=self.preprocessor,
-                base_model=self.source,
-                source=self.source,
-            ),
-        )
-        if save_dir is not None:
-            self.save(pruned, save_dir, config, overwrite=overwrite)
-        return pruned
+        return scores, qk_variants, cache, recorder
 
     def _candidate_dims(self, config: SNPConfig, ratios: PruningRatios, scores) -> list[tuple[str, int, list]]:
         """(name, kept hidden channels, per-layer dims) of every allocation to try; one unless 'validated'."""
@@ -478,7 +368,7 @@ class SNPPruner:
         from tqdm.auto import tqdm
 
         context = self._context
-        held_out, reference = context["held_out_reference"]()
+        held_out, reference = context["held_out"].get()
         jobs = [
             (idx, group, field, fraction)
             for idx, base in enumerate(base_dims)
@@ -531,8 +421,8 @@ class SNPPruner:
                 else contextlib.nullcontext()
             )
             with skip:
-                outputs = _outputs(pruned, held_out)
-            points.setdefault((idx, group), {})[kept] = _divergence(reference, outputs, plan.hidden)
+                outputs = model_outputs(pruned, held_out)
+            points.setdefault((idx, group), {})[kept] = divergence(reference, outputs, plan.hidden)
         curves = {
             (idx, group): sensitivity_curve(values, getattr(base_dims[idx], dict(FIELDS)[group]))
             for (idx, group), values in points.items()
@@ -768,13 +658,7 @@ def _remove_blocks(dims: list, config: SNPConfig, adapter) -> list:
     return out
 
 
-PAIRED_LEVEL = 0.05  # one-sided level of `paired_better` (conventional, not fitted)
 LATENCY_ACCEPT = 0.025  # relative miss of a latency target that ends the allocation rounds
-
-
-def _prunes_qk(kept_dims: list, source_dims: list) -> bool:
-    """Whether any layer of `kept_dims` keeps fewer query/key dims per head than the unpruned model's."""
-    return any(d.qk_head_dim < o.qk_head_dim for d, o in zip(kept_dims, source_dims, strict=True))
 
 
 def _has_choices(config: SNPConfig, criteria: dict) -> bool:
@@ -784,120 +668,6 @@ def _has_choices(config: SNPConfig, criteria: dict) -> bool:
     qk_pruned = config.has_target or SNPConfig._nonzero(config.qk_ratio)
     # ('validated_per_layer' is chosen inside the least-squares refit, on the calibration images)
     return criteria["qk"] in ("validated", "validated_before_refit") and qk_pruned
-
-
-def _output_rows(outputs, mask: torch.Tensor | None, pooled: bool = False) -> tuple[list[torch.Tensor], str]:
-    """(row groups, kind) of a model output: class logits ('logits': one row per input, or per real token), start
-    and end logits of question answering ('logits': two rows per sequence, over its real tokens), or hidden states
-    of base models ('hidden': one row per real token; with `pooled`, 'pooled': their mean per sequence, the sentence
-    embedding)."""
-    if getattr(outputs, "start_logits", None) is not None:
-        spans = torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # (batch, 2, tokens)
-        reals = mask.to(spans.device) if mask is not None else torch.ones_like(spans[:, 0], dtype=torch.bool)
-        return [span[:, real] for span, real in zip(spans, reals, strict=True)], "logits"
-    rows, kind = getattr(outputs, "logits", None), "logits"
-    if rows is None:
-        rows, kind = outputs.last_hidden_state, "hidden"
-        if pooled:
-            real = mask if mask is not None else torch.ones(rows.shape[:2], dtype=torch.bool)
-            return [mean_pool(rows, real)], "pairwise" if pooled == "pairwise" else "pooled"
-    if rows.dim() == 3:
-        rows = rows[mask.to(rows.device)] if mask is not None else rows.flatten(0, 1)
-    return [rows], kind
-
-
-class _OutputRecorder:
-    """The model's outputs (logits, or a base model's last hidden state) of its first `num_batches` forward passes,
-    recorded by a forward hook during a pass the caller runs anyway (the scoring pass)."""
-
-    def __init__(self, model: nn.Module, num_batches: int):
-        self.model, self.num_batches, self.outputs, self._handle = model, num_batches, [], None
-
-    @property
-    def complete(self) -> bool:
-        return len(self.outputs) == self.num_batches
-
-    def _record(self, module, args, output) -> None:
-        if len(self.outputs) < self.num_batches:
-            self.outputs.append(output)
-
-    def __enter__(self) -> _OutputRecorder:
-        self._handle = self.model.register_forward_hook(self._record)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def rows(self, adapter, batches: list) -> tuple[list[torch.Tensor], str]:
-        """What `_outputs(model, batches)` returns, from the recorded outputs of the same batches."""
-        groups, kind = [], "logits"
-        for output, batch in zip(self.outputs, batches, strict=True):
-            rows, kind = _output_rows(output, adapter.token_mask(batch), adapter.pooled_divergence)
-            groups += [r.detach().float() for r in rows]
-        return groups, kind
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, batches: list) -> tuple[list[torch.Tensor], str]:
-    """The model's output row groups on `batches` (see `_output_rows`), in eval mode."""
-    adapter = get_adapter(model)
-    was_training = model.training
-    model.eval()
-    try:
-        groups, kind = [], "logits"
-        for batch in batches:
-            outputs = model(**adapter.model_inputs(batch))
-            rows, kind = _output_rows(outputs, adapter.token_mask(batch), adapter.pooled_divergence)
-            groups += [r.float() for r in rows]
-        return groups, kind
-    finally:
-        model.train(was_training)
-
-
-def _divergence(reference: tuple, outputs: tuple, hidden: list[int], per_row: bool = False):
-    """KL(reference || outputs) of the softmax of logits, averaged over rows; for a base model's hidden states,
-    their mean squared error relative to the reference's mean square, or for pooled ones (sentence embeddings) the
-    mean of 1 - cosine, or ('pairwise') the mean squared change of the cosine similarity of every pair of rows (on
-    the kept `hidden` channels). With `per_row`, the per-row terms (a float64 tensor) whose
-    mean that is."""
-    (ref_groups, kind), out_groups = reference, outputs[0]
-    if kind == "logits":
-        kls = []
-        for ref, out in zip(ref_groups, out_groups, strict=True):
-            log_p, log_q = ref.log_softmax(-1), out.log_softmax(-1)
-            kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
-        rows = torch.cat(kls)
-    else:
-        ref, out = torch.cat(ref_groups), torch.cat(out_groups)
-        if ref.shape[-1] != out.shape[-1]:
-            ref = ref[..., hidden]
-        if kind == "pooled":
-            rows = 1 - torch.nn.functional.cosine_similarity(ref, out, dim=-1)
-        elif kind == "pairwise":  # per row: the mean squared change of its cosine similarity to every other row
-            normal = torch.nn.functional.normalize
-            ref, out = normal(ref.double(), dim=-1), normal(out.double(), dim=-1)
-            rows = (ref @ ref.T - out @ out.T).square().sum(-1) / max(len(ref) - 1, 1)
-        elif not per_row:
-            return float((ref - out).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30))
-        else:
-            rows = (ref - out).pow(2).mean(-1) / ref.pow(2).mean().clamp_min(1e-30)
-    return rows.double() if per_row else float(rows.mean())
-
-
-def paired_better(rows: torch.Tensor, baseline: torch.Tensor) -> tuple[bool, float]:
-    """(whether `rows` is lower than `baseline` at the 5% level, the p-value): a one-sided paired t-test on the
-    per-row divergences of two candidates on the same held-out rows."""
-    from scipy.stats import t as student_t
-
-    diff = (rows - baseline).double()
-    n = diff.numel()
-    if n < 2:
-        return False, 1.0
-    spread = float(diff.std())
-    if spread == 0.0:
-        return float(diff.mean()) < 0, 0.0 if float(diff.mean()) < 0 else 1.0
-    p = float(student_t.cdf(float(diff.mean()) / (spread / n**0.5), df=n - 1))
-    return p < PAIRED_LEVEL, p
 
 
 def _check_device(model: nn.Module) -> None:

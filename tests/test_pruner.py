@@ -343,23 +343,23 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
 
 @pytest.mark.parametrize("kind", ["vit", "deit"])
 def test_without_held_out_images_the_reference_outputs_come_from_the_scoring_pass(kind, monkeypatch):
-    import optimum_snp.pruner as pruner_module
+    import optimum_snp.validation as validation_module
 
     model = tiny_model(kind, seed=4)
     data = digits(16)  # fewer images than num_calibration_samples: none left to hold out
     config = SNPConfig(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, batch_size=8, reconstruct="bias")
     calls = {"reference": 0}
-    original_outputs = pruner_module._outputs
+    original_outputs = validation_module.model_outputs
 
     def counting(m, batches):
         calls["reference"] += m is model
         return original_outputs(m, batches)
 
-    monkeypatch.setattr(pruner_module, "_outputs", counting)
+    monkeypatch.setattr(validation_module, "model_outputs", counting)
     runs = {}
     for recorded in (True, False):
         if not recorded:  # the same choice with the reference computed by running the unpruned model again
-            monkeypatch.setattr(pruner_module._OutputRecorder, "complete", property(lambda self: False))
+            monkeypatch.setattr(validation_module.OutputRecorder, "complete", property(lambda self: False))
         pruner = SNPPruner.from_pretrained(model)
         with pytest.warns(UserWarning, match="left to hold out"):
             pruner.prune(config, calibration_dataset=data, show_progress=False)
@@ -418,16 +418,16 @@ def test_validated_per_layer_query_key_criterion_is_chosen_by_the_least_squares_
 
 
 def test_validated_before_refit_refits_only_the_criterion_whose_sliced_model_is_closest(data, monkeypatch):
-    import optimum_snp.pruner as pruner_module
+    import optimum_snp.validation as validation_module
 
     refits = []
-    original_reconstruct = pruner_module.reconstruct
+    original_reconstruct = validation_module.reconstruct
 
     def counting(original, pruned, plan, *args, **kwargs):
         refits.append(plan.metadata["criteria"]["qk"])
         return original_reconstruct(original, pruned, plan, *args, **kwargs)
 
-    monkeypatch.setattr(pruner_module, "reconstruct", counting)
+    monkeypatch.setattr(validation_module, "reconstruct", counting)
     model = tiny_model("vit", seed=4)
     common = dict(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
     pruner = SNPPruner.from_pretrained(model)
@@ -464,6 +464,7 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
     import contextlib
 
     import optimum_snp.pruner as pruner_module
+    import optimum_snp.validation as validation_module
 
     if kind == "bert":
         from transformers import BertConfig, BertModel
@@ -482,7 +483,7 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
     config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=8)
     layer_calls = {"n": 0}
 
-    def counting_outputs(m, batches, original=pruner_module._outputs):
+    def counting_outputs(m, batches, original=validation_module.model_outputs):
         # counts the layers' real forward passes (skipped ones do not run it)
         layer_cls = type(get_adapter(m).layer(0))
         real_forward = layer_cls.forward
@@ -497,11 +498,13 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
         finally:
             layer_cls.forward = real_forward
 
-    monkeypatch.setattr(pruner_module, "_outputs", counting_outputs)
+    for module in (pruner_module, validation_module):  # allocation='sensitivity' cuts, candidates
+        monkeypatch.setattr(module, "model_outputs", counting_outputs)
     runs = {}
     for reused in (True, False):
         if not reused:  # every candidate run from the model's input
-            monkeypatch.setattr(pruner_module, "skipped_layers", lambda *a, **k: contextlib.nullcontext())
+            for module in (pruner_module, validation_module):
+                monkeypatch.setattr(module, "skipped_layers", lambda *a, **k: contextlib.nullcontext())
         pruner = make()
         with pytest.warns(UserWarning, match="left to hold out"):
             pruner.prune(config, calibration_dataset=data, show_progress=False)
@@ -517,7 +520,7 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
 
 @pytest.mark.parametrize("kind", ["logits", "hidden", "pooled", "pairwise"])
 def test_per_row_divergences_average_to_the_divergence(kind):
-    from optimum_snp.pruner import _divergence
+    from optimum_snp.validation import divergence as _divergence
 
     torch.manual_seed(0)
     ref = [torch.randn(5, 7), torch.randn(3, 7)]
@@ -542,7 +545,7 @@ def test_per_row_divergences_average_to_the_divergence(kind):
 def test_paired_better_is_a_one_sided_paired_t_test():
     from scipy.stats import ttest_rel
 
-    from optimum_snp.pruner import paired_better
+    from optimum_snp.validation import paired_better
 
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(32, generator=gen, dtype=torch.float64)
@@ -558,7 +561,7 @@ def test_paired_better_is_a_one_sided_paired_t_test():
 
 @pytest.mark.parametrize("verdict", [True, False])
 def test_paired_validation_rule_keeps_uniform_unless_the_argmin_wins_row_by_row(data, monkeypatch, verdict):
-    import optimum_snp.pruner as pruner_module
+    import optimum_snp.validation as validation_module
 
     model = tiny_model("vit", hidden_size=64, num_attention_heads=8, intermediate_size=128, image_size=48)
     common = dict(target_macs_ratio=0.35, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
@@ -573,7 +576,7 @@ def test_paired_validation_rule_keeps_uniform_unless_the_argmin_wins_row_by_row(
         seen.append((rows, baseline))
         return verdict, 0.01 if verdict else 0.5
 
-    monkeypatch.setattr(pruner_module, "paired_better", verdict_of)
+    monkeypatch.setattr(validation_module, "paired_better", verdict_of)
     paired = SNPPruner.from_pretrained(model)
     pruned = paired.prune(SNPConfig(validation_rule="paired", **common), calibration_dataset=data, show_progress=False)
     allocation = paired.report["allocation"]

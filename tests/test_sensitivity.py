@@ -135,8 +135,8 @@ def _skip_cases(tmp_path):
 
 
 def test_skipped_layers_give_the_full_forward_pass_bit_for_bit(tmp_path):
-    from optimum_snp.pruner import _outputs
     from optimum_snp.reconstruction import layer_inputs, next_layer_inputs, skipped_layers
+    from optimum_snp.validation import model_outputs as _outputs
 
     for name, model, batches in _skip_cases(tmp_path):
         plan = random_plan(model, seed=4)
@@ -155,8 +155,8 @@ def test_skipped_layers_give_the_full_forward_pass_bit_for_bit(tmp_path):
 
 
 def test_skipped_layers_are_only_real_when_their_cache_is_used():
-    from optimum_snp.pruner import _outputs
     from optimum_snp.reconstruction import layer_inputs, next_layer_inputs, skipped_layers
+    from optimum_snp.validation import model_outputs as _outputs
 
     model = tiny_model("vit")
     batches = [{"pixel_values": pixel_values(3, seed=1)}]

@@ -397,7 +397,8 @@ def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
 def test_pooled_divergence_of_base_models_ignores_padding(tokenizer):
     import torch.nn.functional as F
 
-    from optimum_snp.pruner import _divergence, _output_rows
+    from optimum_snp.validation import _output_rows
+    from optimum_snp.validation import divergence as _divergence
 
     model = _model("bert", BertModel)
     pruned = apply_plan(model, random_plan(model, seed=7))
