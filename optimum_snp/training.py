@@ -179,7 +179,7 @@ class SNPDistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
-        if getattr(self.args, "embedding_loss", "pooled") == "pooled+layers":
+        if getattr(self.args, "embedding_loss", "pooled") == "pooled+layers" and _is_headless(model):
             inputs["output_hidden_states"] = True  # every layer's output, of the student and of the teacher
         outputs = model(**inputs)
         if getattr(outputs, "logits", None) is None and getattr(outputs, "last_hidden_state", None) is not None:
@@ -236,6 +236,13 @@ class SNPDistillationTrainer(Trainer):
             pairs = list(zip(outputs.hidden_states[1:], teacher_outputs.hidden_states[1:], strict=True))
             loss = loss + sum(per_token(s, t) for s, t in pairs) / len(pairs)
         return loss
+
+
+def _is_headless(model) -> bool:
+    """Whether `model` (possibly wrapped, e.g. by DistributedDataParallel) is a base model without a task head: a
+    feature-extraction model, whose embeddings the trainer distils (transformers' `base_model` is the model itself)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "base_model", None) is model
 
 
 __all__ = ["SNPTrainingArguments", "SNPDistillationTrainer", "DISTILLATION_TYPES"]

@@ -394,6 +394,29 @@ def test_embedding_distillation_loss(loss, tokenizer, tmp_path):
         SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], embedding_loss="tokens")
 
 
+def test_layer_loss_asks_only_headless_models_for_hidden_states(tokenizer, tmp_path, monkeypatch):
+    """embedding_loss='pooled+layers' concerns feature-extraction models; a classification student is distilled on
+    its logits, and neither it nor its teacher is asked for every layer's output."""
+    from transformers import BertForSequenceClassification
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    teacher = _model("bert", BertForSequenceClassification)
+    student = apply_plan(teacher, random_plan(teacher, seed=7))
+    inputs = {**encode(tokenizer, sentences(4, seed=4)), "labels": torch.tensor([0, 1, 2, 0])}
+    asked = []
+    for model in (teacher, student):
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda *a, _f=forward, **kw: asked.append(kw) or _f(*a, **kw))
+    losses = {}
+    for loss in ("pooled", "pooled+layers"):
+        args = SNPTrainingArguments(str(tmp_path / loss), report_to=[], embedding_loss=loss)
+        trainer = SNPDistillationTrainer(model=student, teacher=teacher, args=args)
+        losses[loss] = float(trainer.compute_loss(student, dict(inputs)))
+    assert len(asked) == 4 and not any(kw.get("output_hidden_states") for kw in asked)
+    assert losses["pooled"] == losses["pooled+layers"]
+
+
 def test_pooled_divergence_of_base_models_ignores_padding(tokenizer):
     import torch.nn.functional as F
 
