@@ -1,7 +1,8 @@
 """`SNPPruner`: the thin entry point. `from_pretrained(model)`, then `prune(config, calibration_dataset, save_dir)`.
 
 calibrate (calibration.py) -> score (scoring/) -> allocate (allocation.py) -> plan (plan.py) -> slice (slicing.py)
--> reconstruct (reconstruction.py) -> save (model, image processor, snp_config.json, pruning plan and report; atomically).
+-> reconstruct (reconstruction.py) -> validate (validation.py: candidates compared on held-out samples) -> save
+(model, image processor, snp_config.json, pruning plan and report; atomically).
 """
 
 from __future__ import annotations
@@ -138,9 +139,9 @@ class SNPPruner:
         )
         scores, qk_variants, cache, recorder = self._score(config, criteria, batches, held_out, show_progress)
         scored = time.perf_counter()
-        held_out = HeldOut(self.model, batches, held_out, recorder, num_samples)
+        validation = HeldOut(self.model, batches, held_out, recorder, num_samples)
         # what allocation='sensitivity' measures its curves with
-        self._context = dict(batches=batches, cache=cache, held_out=held_out, progress=show_progress)
+        self._context = dict(batches=batches, cache=cache, validation=validation, progress=show_progress)
         try:
             if config.target_latency is not None:  # allocate, build, measure; re-allocate while the target is missed
                 self._calibrate_latency(config, ratios, scores)
@@ -149,7 +150,7 @@ class SNPPruner:
             self._context = None
         if not prunes_qk(candidates[0][2], adapter.layer_dims()):
             qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
-        search = CandidateSearch(self.model, config, criteria, qk_variants, batches, cache, held_out, show_progress)
+        search = CandidateSearch(self.model, config, criteria, qk_variants, batches, cache, validation, show_progress)
         plan, pruned, chosen, reconstruction = search.run(candidates)
         done = time.perf_counter()
         criteria = {**criteria, "qk": chosen["qk_criterion"]}
@@ -163,8 +164,8 @@ class SNPPruner:
             self.report["allocation"]["qk_before_refit"] = search.sliced_tried
         if self._sensitivity is not None:  # per 'layer.group': kept units -> divergence, that group alone cut
             self.report["allocation"]["sensitivity"] = self._sensitivity
-        if held_out.reference is not None:
-            self.report["allocation"]["num_validation_samples"] = held_out.num_rows
+        if validation.reference is not None:
+            self.report["allocation"]["num_validation_samples"] = validation.num_rows
         if config.target_latency is not None:
             self.report["latency"] = self._latency_report(config, plan, pruned)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
@@ -368,7 +369,7 @@ class SNPPruner:
         from tqdm.auto import tqdm
 
         context = self._context
-        held_out, reference = context["held_out"].get()
+        held_out, reference = context["validation"].get()
         jobs = [
             (idx, group, field, fraction)
             for idx, base in enumerate(base_dims)

@@ -229,6 +229,9 @@ class CandidateSearch:
         self.sliced_tried: list[dict] = []  # 'validated_before_refit': the criteria compared on the sliced models
         self.per_row: dict[int, torch.Tensor] = {}  # candidate index -> per-row divergences (rule 'paired')
         self.reconstruction_s = 0.0
+        # 'validated_before_refit' with reconstruct='none': allocation -> (criterion, sliced model, its held-out
+        # outputs) of the criterion it chose: that model is the candidate, measured already
+        self._sliced: dict[str, tuple] = {}
 
     def run(self, candidates: list[tuple[str, int, list]]):
         """(plan, pruned model, the chosen entry of `tried`, the reconstruction report) of the best candidate."""
@@ -259,13 +262,19 @@ class CandidateSearch:
         if not self.before_refit or not prunes_qk(kept_dims, self.source_dims):
             return next(iter(self.qk_variants))
         held_out, _ = self.held_out.get()
-        divergences = {}
+        divergences, sliced = {}, {}
         for qk_name, qk_scores in self.qk_variants.items():
             plan = plan_from_kept_dims(qk_scores, kept_hidden, kept_dims)
-            outputs = model_outputs(apply_plan(self.model, plan), held_out)
+            model = apply_plan(self.model, plan)
+            outputs = model_outputs(model, held_out)
             divergences[qk_name] = divergence(self.reference, outputs, plan.hidden)
             self.sliced_tried.append({"qk_criterion": qk_name, "allocation": name, "divergence": divergences[qk_name]})
-        return min(divergences, key=divergences.get)
+            if self.config.reconstruct == "none":
+                sliced[qk_name] = (model, outputs)
+        chosen = min(divergences, key=divergences.get)
+        if chosen in sliced:
+            self._sliced[name] = (chosen, *sliced[chosen])
+        return chosen
 
     def _evaluate(self, qk_name: str, name: str, kept_hidden: int, kept_dims: list):
         """(divergence, entry, plan, pruned model, reconstruction report) of one candidate."""
@@ -278,7 +287,10 @@ class CandidateSearch:
             alternatives = {
                 qk: plan_from_kept_dims(scores, kept_hidden, kept_dims) for qk, scores in self.qk_variants.items()
             }
-        pruned = apply_plan(self.model, plan)
+        reused = self._sliced.pop(name, None) if config.reconstruct == "none" else None
+        if reused is not None and reused[0] != qk_name:
+            reused = None
+        pruned = reused[1] if reused is not None else apply_plan(self.model, plan)
         sliced = time.perf_counter()
         # compared on the calibration samples themselves (none held out): the refit's pass over them already
         # computed the pruned model's last hidden states, so only the embeddings and the head run again
@@ -312,8 +324,11 @@ class CandidateSearch:
                 if capture
                 else contextlib.nullcontext()
             )
-            with skip:
-                outputs = model_outputs(pruned, held_out)
+            if reused is not None:  # the sliced model's outputs, measured when its criterion was chosen
+                outputs = reused[2]
+            else:
+                with skip:
+                    outputs = model_outputs(pruned, held_out)
             value = divergence(self.reference, outputs, plan.hidden)
             if config.validation_rule == "paired":
                 self.per_row[len(self.tried)] = divergence(self.reference, outputs, plan.hidden, per_row=True)

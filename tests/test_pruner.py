@@ -456,6 +456,34 @@ def test_validated_before_refit_refits_only_the_criterion_whose_sliced_model_is_
     assert {c["qk_criterion"]: c["divergence"] for c in sliced.report["allocation"]["candidates"]} == divergences
 
 
+def test_validated_before_refit_without_a_refit_measures_each_sliced_model_once(data, monkeypatch):
+    """With reconstruct='none' the chosen sliced model is the candidate: it is neither built nor run again."""
+    import optimum_snp.validation as validation_module
+
+    model = tiny_model("vit", seed=4)
+    common = dict(qk_ratio=0.5, mlp_ratio=0.3, num_calibration_samples=16, num_validation_samples=16, batch_size=8)
+    runs = []
+    original = validation_module.model_outputs
+    monkeypatch.setattr(validation_module, "model_outputs", lambda m, b: runs.append(m is model) or original(m, b))
+    pruner = SNPPruner.from_pretrained(model)
+    pruned = pruner.prune(
+        SNPConfig(criterion={"qk": "validated_before_refit"}, reconstruct="none", **common),
+        calibration_dataset=data,
+        show_progress=False,
+    )
+    assert runs == [True, False, False]  # the unpruned reference, then each criterion's sliced model once
+    compared = {c["qk_criterion"]: c["divergence"] for c in pruner.report["allocation"]["qk_before_refit"]}
+    (candidate,) = pruner.report["allocation"]["candidates"]
+    assert candidate["divergence"] == compared[candidate["qk_criterion"]] == min(compared.values())
+    # the same model as slicing the chosen criterion's plan
+    alone = SNPPruner.from_pretrained(model).prune(
+        SNPConfig(criterion={"qk": candidate["qk_criterion"]}, reconstruct="none", **common),
+        calibration_dataset=data,
+        show_progress=False,
+    )
+    assert all(torch.equal(t, alone.state_dict()[k]) for k, t in pruned.state_dict().items())
+
+
 @pytest.mark.parametrize("kind", ["vit", "deit-teacher", "bert"])
 def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass(kind, monkeypatch, tmp_path):
     """With no images held out, each candidate's outputs on the calibration images come from the refit's own pass
