@@ -110,11 +110,12 @@ class ProjectionStats:
                 f"ridge='cv' needs calibration data in at least 2 batches (got {self.batches}); use more calibration "
                 "samples, a smaller batch_size, or a number for `ridge`."
             )
+        rest = [self.without(fold) for fold in folds]  # each fold's complement, once for every ridge
         errors = {}
         for ridge in grid:
             total = 0.0
-            for fold in folds:
-                w, b = self.without(fold).solve(weight, bias, ridge)
+            for fold, others in zip(folds, rest, strict=True):
+                w, b = others.solve(weight, bias, ridge)
                 total += fold.error(w, b) * fold.rows
             errors[ridge] = total / self.rows
         return min(grid, key=errors.get), errors
@@ -148,7 +149,8 @@ class ProjectionStats:
         w0 = weight.detach().double().to(self.xtx.device)
         lam = ridge * float(self.xtx.diagonal().mean().clamp_min(1e-12))
         system = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=self.xtx.device)
-        system[:k, :k] = self.xtx + lam * torch.eye(k, dtype=torch.float64, device=self.xtx.device)
+        system[:k, :k] = self.xtx
+        system.diagonal()[:k] += lam  # X^T X + lam I, without a k x k identity
         system[:k, k] = system[k, :k] = self.x_sum
         system[k, k] = self.rows
         rhs = torch.cat([self.xty + lam * w0.T, self.y_sum[None, :]])
