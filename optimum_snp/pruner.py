@@ -38,7 +38,7 @@ from .scoring import magnitude_scores
 from .scoring.snp import scores_to_cpu, snp_scores
 from .slicing import apply_plan
 from .utils import atomic_directory, check_output_dir
-from .validation import CandidateSearch, HeldOut, OutputRecorder, divergence, model_outputs, prunes_qk
+from .validation import CandidateSearch, HeldOut, OutputRecorder, divergence, model_outputs
 
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,6 @@ class SNPPruner:
             candidates = self._candidate_dims(config, ratios, scores)
         finally:
             self._context = None
-        if not prunes_qk(candidates[0][2], adapter.layer_dims()):
-            qk_variants = dict(list(qk_variants.items())[:1])  # query/key not pruned: nothing to choose
         search = CandidateSearch(self.model, config, criteria, qk_variants, batches, cache, validation, show_progress)
         plan, pruned, chosen, reconstruction = search.run(candidates)
         done = time.perf_counter()

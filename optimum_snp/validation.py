@@ -218,12 +218,7 @@ class CandidateSearch:
         self.model, self.config, self.criteria, self.qk_variants = model, config, criteria, qk_variants
         self.batches, self.cache, self.held_out, self.show_progress = batches, cache, held_out, show_progress
         self.source_dims = get_adapter(model).layer_dims()
-        several = len(qk_variants) > 1
-        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
-        self.local_qk = several and criteria["qk"] == "validated_per_layer"
-        # 'validated_before_refit': each candidate's query/key criterion is the one whose sliced model (no refit)
-        # keeps the outputs closest on the held-out samples; only that one is refit
-        self.before_refit = several and criteria["qk"] == "validated_before_refit"
+        self.local_qk = self.before_refit = False  # set by run(), from the candidates
         self.reference = None
         self.tried: list[dict] = []  # every refit candidate: criterion, allocation, divergence, MACs
         self.sliced_tried: list[dict] = []  # 'validated_before_refit': the criteria compared on the sliced models
@@ -235,6 +230,14 @@ class CandidateSearch:
 
     def run(self, candidates: list[tuple[str, int, list]]):
         """(plan, pruned model, the chosen entry of `tried`, the reconstruction report) of the best candidate."""
+        if not prunes_qk(candidates[0][2], self.source_dims):
+            self.qk_variants = dict(list(self.qk_variants.items())[:1])  # query/key not pruned: nothing to choose
+        several = len(self.qk_variants) > 1
+        # 'validated_per_layer': the query/key criterion chosen per layer inside the least-squares refit, on its error
+        self.local_qk = several and self.criteria["qk"] == "validated_per_layer"
+        # 'validated_before_refit': each candidate's query/key criterion is the one whose sliced model (no refit)
+        # keeps the outputs closest on the held-out samples; only that one is refit
+        self.before_refit = several and self.criteria["qk"] == "validated_before_refit"
         if len(candidates) > 1 or (len(self.qk_variants) > 1 and not self.local_qk):
             self.held_out.get()
         # measured whenever the reference exists (also when an earlier step, allocation='sensitivity', computed it)
