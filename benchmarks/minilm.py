@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from optimum_snp.training import EMBEDDING_LOSSES
+
 
 sys.path.insert(0, os.path.dirname(__file__))
 from text_data import english_sentences, text_splits, wiki_sentences  # noqa: E402
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         help="learning rates (each distils its own copy); 5e-4 chosen on tune (results/minilm_tune_distill_lr_loss.txt)",
     )
     parser.add_argument(
-        "--distill-loss", nargs="+", default=["pooled+tokens"], choices=["pooled", "pooled+tokens", "pooled+layers"]
+        "--distill-loss", nargs="+", default=["pooled+tokens"], choices=list(EMBEDDING_LOSSES)
     )  # chosen on tune with the learning rate
     parser.add_argument(
         "--distill-corpus",
