@@ -19,10 +19,7 @@ from .utils import mean_pool
 
 DISTILLATION_TYPES = ("soft", "hard", "none")
 # feature-extraction students (no logits): what is matched to the teacher's last hidden states
-# '+pairs': the weight of the mean squared change of the in-batch cosine similarities (their changes are about a
-# tenth of 1 - cosine of a sentence with itself, so squared they need a larger weight to count)
-PAIRS_WEIGHT = 10.0
-EMBEDDING_LOSSES = ("pooled", "pooled+tokens", "pooled+layers", "pooled+pairs", "pooled+tokens+pairs")
+EMBEDDING_LOSSES = ("pooled", "pooled+tokens", "pooled+layers")
 
 
 @dataclass
@@ -55,9 +52,7 @@ class SNPTrainingArguments(TrainingArguments):
             "help": "Feature-extraction students (no logits): 'pooled': 1 - cosine of the mean-pooled embeddings; "
             "'pooled+tokens': plus the mean of 1 - cosine over every real token's hidden state (a target per token, "
             "not per sentence); 'pooled+layers': plus that mean for the output of every layer (layer-wise "
-            "distillation, as in TinyBERT and CoFi); '+pairs': plus the mean squared difference of the cosine "
-            "similarities of every pair of sentences in the batch (relational distillation: what a similarity search "
-            "or a Spearman correlation of pairwise similarities reads).",
+            "distillation, as in TinyBERT and CoFi).",
             "choices": list(EMBEDDING_LOSSES),
         },
     )
@@ -235,14 +230,9 @@ class SNPDistillationTrainer(Trainer):
             ).sum() / mask.sum().clamp_min(1)
 
         loss = (1 - F.cosine_similarity(mean_pool(student, mask), mean_pool(teacher, mask), dim=-1)).mean()
-        parts = kind.split("+")
-        if "tokens" in parts:
+        if kind == "pooled+tokens":
             loss = loss + per_token(student, teacher)
-        if "pairs" in parts:  # every pair of the batch's sentences: the change of their cosine similarity
-            s_pooled = F.normalize(mean_pool(student, mask), dim=-1)
-            t_pooled = F.normalize(mean_pool(teacher, mask), dim=-1)
-            loss = loss + PAIRS_WEIGHT * (s_pooled @ s_pooled.T - t_pooled @ t_pooled.T).square().mean()
-        if "layers" in parts:  # hidden_states[0] is the embeddings' output; then one per layer
+        elif kind == "pooled+layers":  # hidden_states[0] is the embeddings' output; then one per layer
             pairs = list(zip(outputs.hidden_states[1:], teacher_outputs.hidden_states[1:], strict=True))
             loss = loss + sum(per_token(s, t) for s, t in pairs) / len(pairs)
         return loss
