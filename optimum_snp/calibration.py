@@ -268,11 +268,15 @@ def _check_count(value, name: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+class CalibrationSizeWarning(UserWarning):
+    """The calibration dataset holds fewer examples than were asked for (all of them are used)."""
+
+
 def _warn_short(available: int, num_samples: int) -> None:
     warnings.warn(
         f"The calibration dataset has only {available} examples, fewer than num_samples={num_samples}; "
         f"calibrating on all {available}.",
-        UserWarning,
+        CalibrationSizeWarning,
         stacklevel=3,
     )
 
@@ -463,6 +467,7 @@ def split_batches(batches: list, count: int) -> tuple[list, list]:
 
 
 __all__ = [
+    "CalibrationSizeWarning",
     "IMAGE_COLUMNS",
     "TEXT_COLUMNS",
     "batch_length",

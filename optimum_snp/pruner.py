@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from dataclasses import replace
 
 import torch
@@ -27,7 +28,13 @@ from .adapters.timm import (
 )
 from .allocation import FIELDS, allocate_dims, round_dims, round_kept, sensitivity_curve, uniform_dims
 from .artifacts import PLAN_NAME, REPORT_NAME, PruningInfo, attach_pruning_info, get_pruning_info, record_results
-from .calibration import batch_length, calibration_batches, split_batches, text_calibration_batches
+from .calibration import (
+    CalibrationSizeWarning,
+    batch_length,
+    calibration_batches,
+    split_batches,
+    text_calibration_batches,
+)
 from .config import ALLOCATION_EXPONENTS, SENSITIVITY_LEVELS, VALIDATED_QK, SNPConfig
 from .latency_model import LatencyModel, measure_latency
 from .plan import PruningPlan, plan_from_kept_dims
@@ -42,6 +49,29 @@ from .validation import CandidateSearch, HeldOut, OutputRecorder, divergence, mo
 
 
 logger = logging.getLogger(__name__)
+
+
+def _warn_short_calibration(available: int, num_samples: int, num_held_out: int) -> None:
+    """Warns, at the caller of `prune()`, that the calibration dataset holds fewer samples than it asked for."""
+    if not num_held_out:
+        what, then = f"num_calibration_samples={num_samples}", f"calibrating on all {available}"
+    else:
+        what = (
+            f"num_calibration_samples={num_samples} plus num_validation_samples={num_held_out} held out to choose "
+            "among candidates"
+        )
+        then = (
+            f"calibrating on all {available}, with nothing left to hold out: candidates are compared on the "
+            "calibration samples themselves"
+            if available <= num_samples
+            else f"calibrating on {num_samples} and holding out the other {available - num_samples}"
+        )
+    warnings.warn(
+        f"The calibration dataset has only {available} examples, fewer than {what}; {then}. Pass more examples, or "
+        "set these numbers lower to silence this.",
+        CalibrationSizeWarning,
+        stacklevel=4,  # _warn_short_calibration < _calibration_batches < prune < the caller
+    )
 
 
 class SNPPruner:
@@ -139,7 +169,8 @@ class SNPPruner:
         )
         scores, qk_variants, cache, recorder = self._score(config, criteria, batches, held_out, show_progress)
         scored = time.perf_counter()
-        validation = HeldOut(self.model, batches, held_out, recorder, num_samples)
+        # an empty held-out list: the dataset was too short to hold any out, and prune() has warned already
+        validation = HeldOut(self.model, batches, held_out, recorder, num_samples, warned=held_out == [])
         # what allocation='sensitivity' measures its curves with
         self._context = dict(batches=batches, cache=cache, validation=validation, progress=show_progress)
         try:
@@ -214,19 +245,24 @@ class SNPPruner:
                 split=split,
                 show_progress=show_progress,
             )
-            if adapter.modality == "text":
-                batches = text_calibration_batches(
-                    calibration_dataset,
-                    self.tokenizer,
-                    text_column=config.text_column,
-                    text_pair_column=config.text_pair_column,
-                    max_length=config.max_length,
-                    **common,
-                )
-            else:
-                batches = calibration_batches(
-                    calibration_dataset, self.image_processor, image_column=config.image_column, **common
-                )
+            with warnings.catch_warnings():  # a short dataset is reported below, in prune()'s own terms
+                warnings.simplefilter("ignore", CalibrationSizeWarning)
+                if adapter.modality == "text":
+                    batches = text_calibration_batches(
+                        calibration_dataset,
+                        self.tokenizer,
+                        text_column=config.text_column,
+                        text_pair_column=config.text_pair_column,
+                        max_length=config.max_length,
+                        **common,
+                    )
+                else:
+                    batches = calibration_batches(
+                        calibration_dataset, self.image_processor, image_column=config.image_column, **common
+                    )
+            available = sum(batch_length(b) for b in batches)
+            if available < common["num_samples"]:
+                _warn_short_calibration(available, num_samples, num_held_out if validate else 0)
             if validate:
                 batches, held_out = split_batches(batches, num_samples)
         return batches, held_out, num_samples

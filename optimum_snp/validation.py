@@ -155,16 +155,25 @@ class HeldOut:
     use. With no samples left to hold out, candidates are compared on the calibration samples themselves, and the
     unpruned outputs come from `recorder` (recorded during the scoring pass) when it holds them."""
 
-    def __init__(self, model: nn.Module, batches: list | None, held_out: list | None, recorder, num_samples: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: list | None,
+        held_out: list | None,
+        recorder,
+        num_samples: int,
+        warned: bool = False,
+    ):
         self.model, self.batches, self.recorder, self.num_samples = model, batches, recorder, num_samples
         self.batches_held_out = held_out
         self.reference = None
+        self.warned = warned  # the caller already said that nothing was left to hold out
 
     def get(self) -> tuple[list, tuple]:
         """(held-out batches, the unpruned model's output rows on them)."""
         if self.reference is not None:
             return self.batches_held_out, self.reference
-        if not self.batches_held_out and self.batches:
+        if not self.batches_held_out and self.batches and not self.warned:
             warnings.warn(
                 "No calibration images were left to hold out to choose the allocation / query-key criterion (the "
                 f"dataset has at most num_calibration_samples={self.num_samples}); candidates are "

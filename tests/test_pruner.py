@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import datasets
 import pytest
@@ -339,6 +340,33 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     )
     assert len(pruner.report["allocation"]["candidates"]) == 1
     assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
+
+
+@pytest.mark.parametrize(
+    "images, says",
+    [
+        (
+            10,
+            "only 10 examples, fewer than num_calibration_samples=12 plus num_validation_samples=8 held out to "
+            "choose among candidates; calibrating on all 10, with nothing left to hold out",
+        ),  # fmt: skip
+        (15, "calibrating on 12 and holding out the other 3"),
+    ],
+)
+def test_a_short_calibration_dataset_gets_one_warning_at_the_callers_line(images, says):
+    """prune() reports a short dataset once, in its own terms (calibration + held-out samples), at the user's line;
+    not also in calibration_batches' terms, nor again when the candidates are compared."""
+    from optimum_snp.calibration import CalibrationSizeWarning
+
+    pruner = SNPPruner.from_pretrained(tiny_model("vit", seed=4))
+    config = SNPConfig(qk_ratio=0.5, num_calibration_samples=12, num_validation_samples=8, batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.prune(config, calibration_dataset=digits(images), show_progress=False)
+    short = [w for w in caught if "calibration" in str(w.message).lower() or "hold out" in str(w.message)]
+    assert len(short) == 1, [str(w.message) for w in short]
+    assert short[0].category is CalibrationSizeWarning and short[0].filename == __file__
+    assert says in str(short[0].message)
 
 
 @pytest.mark.parametrize("kind", ["vit", "deit"])

@@ -336,7 +336,7 @@ def test_distillation_trainer_fine_tunes_text_models(head, tokenizer, tmp_path):
 def test_text_models_calibrate_on_1024_texts_by_default(tokenizer):
     assert SNPConfig().num_calibration_samples is None  # the architecture decides
     pruner = SNPPruner(_model("bert", BertModel), tokenizer=tokenizer)
-    with pytest.warns(UserWarning, match="fewer than num_samples=1024"):
+    with pytest.warns(UserWarning, match="fewer than num_calibration_samples=1024"):
         pruner.prune(SNPConfig(qk_ratio=0.5, criterion="magnitude"), text_dataset(20), show_progress=False)
     assert pruner.report["num_calibration_samples"] == 20
 
