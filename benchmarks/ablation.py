@@ -16,6 +16,8 @@ Tables:
     rounding the default rounding of kept dims (multiples of 8, for speed) against none
     validation  how many held-out images the validated choice uses (32, 64, 128) against uniform ratios
     refit    the refit's target (each projection's output, or its sum with the residual) and ridge (default or 'cv')
+    sensitivity  the measured per-(layer, group) loss curves (allocation='sensitivity') as one more candidate of the
+             validated allocation (the text default), and alone, against the default
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/ablation.py --tables qk ridge --models tune
@@ -24,6 +26,7 @@ Tables:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import BENCH, load_bench_model, report_models, tuning_models  # noqa: E402
 
 from optimum_snp import SNPConfig, SNPPruner  # noqa: E402
+from optimum_snp.adapters import get_adapter  # noqa: E402
 from optimum_snp.calibration import preprocess_images  # noqa: E402
 
 
@@ -330,6 +334,45 @@ def qk_choice_table(benches: list[Bench]) -> None:
     print()
 
 
+@contextlib.contextmanager
+def sensitivity_candidate(bench: Bench):
+    """The bench model's adapter with `sensitivity_candidate=True` (the text encoders' setting) while active."""
+    adapter = type(get_adapter(bench.pruner.model))
+    before = adapter.__dict__.get("sensitivity_candidate", None)
+    adapter.sensitivity_candidate = True
+    try:
+        yield
+    finally:
+        if before is None:
+            del adapter.sensitivity_candidate
+        else:
+            adapter.sensitivity_candidate = before
+
+
+def sensitivity_table(benches: list[Bench]) -> None:
+    """The validated allocation with and without the sensitivity candidate, and allocation='sensitivity' alone."""
+    header = ["model"] + [
+        f"{k:.0%}: {v}" for k in (0.5, 0.3) for v in ("default", "+ sensitivity candidate", "sensitivity alone")
+    ]
+    header += ["s: default / + candidate / alone (30%)"]
+    table(
+        "Sensitivity allocation (default criteria and refit; top-1 zero-shot / logit KL; in brackets the query/key "
+        "criterion and allocation chosen)",
+        header,
+    )
+    for bench in benches:
+        cells, seconds = [bench.label], []
+        for keep in (0.5, 0.3):
+            default = bench.run(target_macs_ratio=keep)
+            with sensitivity_candidate(bench):
+                candidate = bench.run(target_macs_ratio=keep)
+            alone = bench.run(target_macs_ratio=keep, allocation="sensitivity")
+            cells += [cell(r) + choice(r) for r in (default, candidate, alone)]
+            seconds = [f"{r['seconds']:.0f}" for r in (default, candidate, alone)]
+        row(cells + [" / ".join(seconds)])
+    print()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["all"], help="bench names, or 'tune' / 'report' / 'all'")
@@ -359,6 +402,7 @@ def main(argv=None) -> int:
         "rounding": rounding_table,
         "refit": refit_table,
         "qk_choice": qk_choice_table,
+        "sensitivity": sensitivity_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]
