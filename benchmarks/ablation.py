@@ -26,7 +26,6 @@ Tables:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -39,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import BENCH, load_bench_model, report_models, tuning_models  # noqa: E402
 
 from optimum_snp import SNPConfig, SNPPruner  # noqa: E402
-from optimum_snp.adapters import get_adapter  # noqa: E402
 from optimum_snp.calibration import preprocess_images  # noqa: E402
 
 
@@ -334,41 +332,28 @@ def qk_choice_table(benches: list[Bench]) -> None:
     print()
 
 
-@contextlib.contextmanager
-def sensitivity_candidate(bench: Bench):
-    """The bench model's adapter with `sensitivity_candidate=True` (the text encoders' setting) while active."""
-    adapter = type(get_adapter(bench.pruner.model))
-    before = adapter.__dict__.get("sensitivity_candidate", None)
-    adapter.sensitivity_candidate = True
-    try:
-        yield
-    finally:
-        if before is None:
-            del adapter.sensitivity_candidate
-        else:
-            adapter.sensitivity_candidate = before
-
-
 def sensitivity_table(benches: list[Bench]) -> None:
-    """The validated allocation with and without the sensitivity candidate, and allocation='sensitivity' alone."""
+    """The validated allocation without and with the sensitivity candidate, and allocation='sensitivity' alone."""
     header = ["model"] + [
-        f"{k:.0%}: {v}" for k in (0.5, 0.3) for v in ("default", "+ sensitivity candidate", "sensitivity alone")
+        f"{k:.0%}: {v}" for k in (0.5, 0.3) for v in ("without candidate", "with candidate", "sensitivity alone")
     ]
-    header += ["s: default / + candidate / alone (30%)"]
+    header += ["s: without / with / alone (30%)"]
     table(
-        "Sensitivity allocation (default criteria and refit; top-1 zero-shot / logit KL; in brackets the query/key "
-        "criterion and allocation chosen)",
+        "Sensitivity allocation as a candidate of the validated allocation (SNPConfig(sensitivity_candidate=False / "
+        "True)) and alone (allocation='sensitivity'); default criteria and refit; top-1 zero-shot / logit KL; in "
+        "brackets the query/key criterion and allocation chosen",
         header,
     )
     for bench in benches:
         cells, seconds = [bench.label], []
         for keep in (0.5, 0.3):
-            default = bench.run(target_macs_ratio=keep)
-            with sensitivity_candidate(bench):
-                candidate = bench.run(target_macs_ratio=keep)
-            alone = bench.run(target_macs_ratio=keep, allocation="sensitivity")
-            cells += [cell(r) + choice(r) for r in (default, candidate, alone)]
-            seconds = [f"{r['seconds']:.0f}" for r in (default, candidate, alone)]
+            results = [
+                bench.run(target_macs_ratio=keep, sensitivity_candidate=False),
+                bench.run(target_macs_ratio=keep, sensitivity_candidate=True),
+                bench.run(target_macs_ratio=keep, allocation="sensitivity"),
+            ]
+            cells += [cell(r) + choice(r) for r in results]
+            seconds = [f"{r['seconds']:.0f}" for r in results]
         row(cells + [" / ".join(seconds)])
     print()
 

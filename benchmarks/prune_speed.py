@@ -6,6 +6,7 @@ ratio uses the mean of the two forward timings). Also the peak resident memory a
 
     python benchmarks/prune_speed.py [--size base] [--images 64] [--target-macs-ratio 0.36 | --ratio-table DeiT_b]
         [--reconstruct least_squares|bias|none] [--allocation validated|scores|uniform] [--retain-freed-memory]
+        [--sensitivity-candidate auto|on|off]
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def main(argv=None) -> int:
     parser.add_argument("--reconstruct", default="least_squares", choices=["least_squares", "bias", "none"])
     parser.add_argument("--allocation", default="validated", choices=["validated", "scores", "uniform"])
     parser.add_argument("--criterion", default="snp")
+    parser.add_argument(
+        "--sensitivity-candidate",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="SNPConfig(sensitivity_candidate=None / True / False): the measured loss curves among the validated "
+        "allocation's candidates (auto: the architecture's default, on for ViT/DeiT)",
+    )
     parser.add_argument("--device", default="cpu", help="e.g. cuda: the model (and pruning) on that device")
     parser.add_argument(
         "--retain-freed-memory",
@@ -98,6 +106,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         reconstruct=args.reconstruct,
         allocation=args.allocation,
+        sensitivity_candidate={"auto": None, "on": True, "off": False}[args.sensitivity_candidate],
     )
     if args.ratio_table:
         config = SNPConfig.from_ratio_table(args.ratio_table, **common)
@@ -125,6 +134,7 @@ def main(argv=None) -> int:
         f"({size_after.macs / size_before.macs:.1%} kept), criterion {pruner.report['criteria']}, "
         + (f"ratio table {args.ratio_table}" if args.ratio_table else f"allocation {args.allocation}")
         + f" (chosen: {pruner.report['allocation']['chosen']}), reconstruct {args.reconstruct}"
+        + f", sensitivity_candidate {args.sensitivity_candidate}"
     )
     print(
         "| images | forward (s) | prune() (s) | of which scoring (s) | of which reconstruction (s) | prune / forward "

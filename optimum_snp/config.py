@@ -165,6 +165,15 @@ class SNPConfig:
             "row in a one-sided paired t-test at the 5% level)."
         },
     )
+    sensitivity_candidate: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether allocation='validated' also tries allocation='sensitivity' (measured per-(layer, group) "
+            "loss curves: 12 cuts per layer, each refit and measured on the held-out samples; minutes for a base-size "
+            "model on a CPU). None: the architecture's default (True for ViT/DeiT and text encoders, where it won on "
+            "the tune models; False for EfficientFormer, not measured)."
+        },
+    )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
     )
@@ -301,6 +310,11 @@ class SNPConfig:
         if self.validation_rule not in VALIDATION_RULES:
             raise ValueError(
                 f"Unknown `validation_rule` {self.validation_rule!r}; choose one of {list(VALIDATION_RULES)}."
+            )
+        if self.sensitivity_candidate is not None and not isinstance(self.sensitivity_candidate, bool):
+            raise ValueError(
+                f"`sensitivity_candidate` must be True, False or None (the architecture's default), got "
+                f"{self.sensitivity_candidate!r}."
             )
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")

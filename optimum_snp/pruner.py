@@ -383,9 +383,10 @@ class SNPPruner:
                 candidates += within_groups(
                     f"magnitude-scores^{e:g}", lambda e=e: allocate_dims(magnitude, macs_exponent=e, **common)
                 )
-            if adapter.sensitivity_candidate and config.target_latency is None:
+            wanted = config.sensitivity_candidate
+            if (adapter.sensitivity_candidate if wanted is None else wanted) and config.target_latency is None:
                 # measured loss curves (allocation='sensitivity') as one more candidate, for the architectures where
-                # they won on the tune data
+                # they won on the tune data (or where the config asks for them)
                 candidates += within_groups(
                     "sensitivity", lambda: self._sensitivity_dims(config, scores, kept_hidden, base_dims, common)
                 )

@@ -22,7 +22,9 @@ def digits(n=40):
 
 
 def fast(**kw):
-    return SNPConfig(num_calibration_samples=16, batch_size=8, **kw)
+    # without the sensitivity candidate of the validated allocation (12 cuts per layer) unless a test asks for it:
+    # it is tested in test_sensitivity.py and, in the default pipeline, by test_determinism[snp]
+    return SNPConfig(num_calibration_samples=16, batch_size=8, **{"sensitivity_candidate": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,8 @@ def test_absolute_target_macs(data):
 @pytest.mark.parametrize("criterion", ["snp", "magnitude", "random", {"qk": "svd", "v": "redundancy"}])
 def test_determinism(data, criterion):
     model = tiny_model("vit")
-    config = fast(target_macs_ratio=0.5, criterion=criterion, seed=3)
+    default = {"sensitivity_candidate": None} if criterion == "snp" else {}  # the default pipeline, whole
+    config = fast(target_macs_ratio=0.5, criterion=criterion, seed=3, **default)
     plans = [SNPPruner(model).prune(config, calibration_dataset=data, show_progress=False) for _ in range(2)]
     a, b = (p.state_dict() for p in plans)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -530,13 +533,12 @@ def test_without_held_out_images_the_candidates_are_compared_from_the_refit_pass
         model = tiny_text_model(BertModel, BertConfig, num_hidden_layers=3)
         make = lambda: SNPPruner(model, tokenizer=word_tokenizer(tmp_path))  # noqa: E731
         data = text_dataset(16)
-        # the sensitivity candidate's cuts run their layers from the cut on (tested in test_sensitivity.py)
-        monkeypatch.setattr(type(get_adapter(model)), "sensitivity_candidate", False)
     else:
         model = tiny_model(kind, seed=4)
         make = lambda: SNPPruner.from_pretrained(model)  # noqa: E731
         data = digits(16)
-    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=8)
+    # without the sensitivity candidate, whose cuts run their layers from the cut on (tested in test_sensitivity.py)
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=8, sensitivity_candidate=False)
     layer_calls = {"n": 0}
 
     def counting_outputs(m, batches, original=validation_module.model_outputs):
@@ -661,7 +663,7 @@ def test_default_held_out_samples_come_from_the_architecture():
     bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
     assert get_adapter(bert).default_validation_samples == 32
     pruner = SNPPruner.from_pretrained(model)
-    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=16)
+    config = SNPConfig(target_macs_ratio=0.6, num_calibration_samples=16, batch_size=16, sensitivity_candidate=False)
     assert config.num_validation_samples is None
     pruner.prune(config, calibration_dataset=digits(16 + 64 + 8), show_progress=False)
     assert pruner.report["allocation"]["num_validation_samples"] == 64

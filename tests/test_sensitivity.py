@@ -110,8 +110,17 @@ def test_text_models_also_try_the_sensitivity_allocation_when_validating(tmp_pat
     assert allocation["chosen"] == min(allocation["candidates"], key=lambda c: c["divergence"])["allocation"]
     assert len(allocation["sensitivity"]) == 3 * model.config.num_hidden_layers
     assert pruner.report["reconstruction"]["refit_target"] == "residual"  # the text encoders' default
-    # image models do not (their adapters leave it off): tested in test_sensitivity_allocation_reaches_the_target...
-    assert not get_adapter(tiny_model("vit")).sensitivity_candidate
+    # ViT/DeiT too (it won on their tune models); the config overrides the architecture's default
+    assert get_adapter(tiny_model("vit")).sensitivity_candidate
+    pruner.prune(
+        SNPConfig.from_dict({**config.to_dict(), "sensitivity_candidate": False}),
+        calibration_dataset=text_dataset(20),
+        show_progress=False,
+    )
+    names = [c["allocation"] for c in pruner.report["allocation"]["candidates"]]
+    assert "sensitivity" not in names and "sensitivity" not in pruner.report["allocation"]
+    with pytest.raises(ValueError, match="sensitivity_candidate"):
+        SNPConfig(target_macs_ratio=0.6, sensitivity_candidate="yes")
 
 
 # ---- the shared-prefix measurement: every cut of layer i runs from layer i's cached inputs ------------------------
