@@ -40,6 +40,7 @@ def config_from_args(args):
         ridge=args.ridge,
         refit_target=getattr(args, "refit_target", None),
         allocation=getattr(args, "allocation", "validated"),
+        sensitivity_candidate={"on": True, "off": False}.get(getattr(args, "sensitivity_candidate", None)),
         num_calibration_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,

@@ -188,7 +188,10 @@ def test_refit_and_allocation_options_reach_the_config():
     )
     config = config_from_args(args)
     assert (config.ridge, config.refit_target, config.allocation) == ("cv", "residual", "sensitivity")
+    assert config.sensitivity_candidate is None  # the architecture's default
     config = config_from_args(parser.parse_args(["--ridge", "0.1"]))
     assert (config.ridge, config.refit_target, config.allocation) == (0.1, None, "validated")
+    for flag, value in (("off", False), ("on", True)):
+        assert config_from_args(parser.parse_args(["--sensitivity-candidate", flag])).sensitivity_candidate is value
     with pytest.raises(SystemExit):  # argparse's own error: not a number nor 'cv'
         parser.parse_args(["--ridge", "auto"])

@@ -106,6 +106,14 @@ def add_prune_arguments(parser) -> None:
         default="validated",
         help="How a MACs target is split over layers and groups (default: validated candidates on held-out samples).",
     )
+    parser.add_argument(
+        "--sensitivity-candidate",
+        choices=["on", "off"],
+        default=None,
+        help="Whether the validated allocation also tries the measured per-layer loss curves ('sensitivity': 12 "
+        "one-layer cuts per layer, minutes for a base-size model on a CPU). Default: the architecture's (on for "
+        "ViT/DeiT and text encoders).",
+    )
     parser.add_argument("--qk-rank", type=int, default=4, help="Singular triplets of the 'svd' query/key criteria.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration sampling and of 'random'.")
     tune = parser.add_argument_group("fine-tuning with distillation from the source model (teacher)")
