@@ -18,6 +18,7 @@ Tables:
     refit    the refit's target (each projection's output, or its sum with the residual) and ridge (default or 'cv')
     sensitivity  the measured per-(layer, group) loss curves (allocation='sensitivity') as one more candidate of the
              validated allocation (the text default), and alone, against the default
+    sensitivity_samples  the held-out samples each sensitivity cut is measured on: all, 32, 16
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/ablation.py --tables qk ridge --models tune
@@ -358,6 +359,26 @@ def sensitivity_table(benches: list[Bench]) -> None:
     print()
 
 
+def sensitivity_samples_table(benches: list[Bench]) -> None:
+    """The sensitivity candidate's cuts measured on all held-out images or on the first 32 / 16 of them."""
+    counts = (None, 32, 16)
+    header = ["model"] + [f"{k:.0%}: {c or 'all'} samples" for k in (0.5, 0.3) for c in counts]
+    header += ["s (30%): " + " / ".join(str(c or "all") for c in counts)]
+    table(
+        "Held-out samples per sensitivity cut (SNPConfig(sensitivity_samples=None / 32 / 16), the default pipeline "
+        "otherwise; top-1 zero-shot / logit KL; in brackets the query/key criterion and allocation chosen)",
+        header,
+    )
+    for bench in benches:
+        cells, seconds = [bench.label], []
+        for keep in (0.5, 0.3):
+            results = [bench.run(target_macs_ratio=keep, sensitivity_samples=c) for c in counts]
+            cells += [cell(r) + choice(r) for r in results]
+            seconds = [f"{r['seconds']:.0f}" for r in results]
+        row(cells + [" / ".join(seconds)])
+    print()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["all"], help="bench names, or 'tune' / 'report' / 'all'")
@@ -388,6 +409,7 @@ def main(argv=None) -> int:
         "refit": refit_table,
         "qk_choice": qk_choice_table,
         "sensitivity": sensitivity_table,
+        "sensitivity_samples": sensitivity_samples_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]

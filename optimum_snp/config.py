@@ -174,6 +174,15 @@ class SNPConfig:
             "the tune models; False for EfficientFormer, not measured)."
         },
     )
+    sensitivity_samples: int | None = field(
+        default=32,
+        metadata={
+            "help": "Held-out samples each cut of the sensitivity allocation is measured on (the first ones); None: "
+            "all of them. The cuts' passes are most of the sensitivity allocation's time. 32 (of the 64 held-out "
+            "images) tied all of them on the image tune models (README, Sensitivity allocation); text encoders hold "
+            "out 32 sentences, so they use all."
+        },
+    )
     max_allocated_ratio: float = field(
         default=0.9, metadata={"help": "Automatic allocation removes at most this fraction of any layer's group."}
     )
@@ -318,8 +327,17 @@ class SNPConfig:
             )
         if isinstance(self.macs_exponent, bool) or not isinstance(self.macs_exponent, (int, float)):
             raise ValueError(f"`macs_exponent` must be a number (e.g. 0.25), got {self.macs_exponent!r}.")
-        for name in ("num_calibration_samples", "batch_size", "num_validation_samples", "max_length"):
-            if name in ("num_calibration_samples", "num_validation_samples") and getattr(self, name) is None:
+        for name in (
+            "num_calibration_samples",
+            "batch_size",
+            "num_validation_samples",
+            "max_length",
+            "sensitivity_samples",
+        ):
+            if (
+                name in ("num_calibration_samples", "num_validation_samples", "sensitivity_samples")
+                and getattr(self, name) is None
+            ):
                 continue
             minimum = 0 if name == "num_validation_samples" else 1
             value = getattr(self, name)
