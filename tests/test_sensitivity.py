@@ -95,6 +95,40 @@ def test_sensitivity_allocation_reaches_the_target_and_reports_its_curves():
     assert all(curves[f"{i}.mlp"][32] > curves[f"{i}.mlp"][96] >= 0.0 for i in range(layers))
 
 
+def test_sensitivity_cuts_are_measured_on_the_first_sensitivity_samples(monkeypatch):
+    """sensitivity_samples=k: every cut's held-out pass runs on the first k held-out samples, and the curves are
+    those of a prune whose held-out samples are those k alone; None measures on all of them."""
+    import optimum_snp.pruner as pruner_module
+
+    model = tiny_model("vit")
+    data = digits(40)
+    seen = []
+    real = pruner_module.model_outputs
+    monkeypatch.setattr(pruner_module, "model_outputs", lambda m, b: seen.append(sum(len(x) for x in b)) or real(m, b))
+
+    def curves(**kw):
+        seen.clear()
+        config = SNPConfig(target_macs_ratio=0.5, allocation="sensitivity", num_calibration_samples=16, batch_size=4)
+        pruner = SNPPruner.from_pretrained(model)
+        pruner.prune(SNPConfig.from_dict({**config.to_dict(), **kw}), calibration_dataset=data, show_progress=False)
+        return pruner.report["allocation"]["sensitivity"], list(seen)
+
+    subset, sizes = curves(num_validation_samples=16, sensitivity_samples=8)
+    assert sizes and set(sizes) == {8}  # the reference on the 8, then every cut on them
+    everything, sizes = curves(num_validation_samples=16, sensitivity_samples=None)
+    assert set(sizes) == {16} and subset != everything
+    # the first 8 held-out samples are the first 8 of the 16 (same seed, same shuffle), so the subset's curves are a
+    # prune that holds out those 8 alone, up to the float rounding of batches of 4 vs batches of 8 rows per pass
+    alone, _ = curves(num_validation_samples=8, sensitivity_samples=None)
+    for key, points in alone.items():
+        assert points.keys() == subset[key].keys()
+        for kept, value in points.items():
+            assert subset[key][kept] == pytest.approx(value, rel=1e-4, abs=1e-7), (key, kept)
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="sensitivity_samples"):
+            SNPConfig(sensitivity_samples=bad)
+
+
 def test_text_models_also_try_the_sensitivity_allocation_when_validating(tmp_path):
     from transformers import BertConfig, BertModel
 
