@@ -333,50 +333,45 @@ def qk_choice_table(benches: list[Bench]) -> None:
     print()
 
 
-def sensitivity_table(benches: list[Bench]) -> None:
-    """The validated allocation without and with the sensitivity candidate, and allocation='sensitivity' alone."""
-    header = ["model"] + [
-        f"{k:.0%}: {v}" for k in (0.5, 0.3) for v in ("without candidate", "with candidate", "sensitivity alone")
-    ]
-    header += ["s: without / with / alone (30%)"]
-    table(
-        "Sensitivity allocation as a candidate of the validated allocation (SNPConfig(sensitivity_candidate=False / "
-        "True)) and alone (allocation='sensitivity'); default criteria and refit; top-1 zero-shot / logit KL; in "
-        "brackets the query/key criterion and allocation chosen",
-        header,
-    )
+def variants_table(benches: list[Bench], title: str, variants: dict[str, dict]) -> None:
+    """One row per model: each variant (SNPConfig fields on top of the MACs target) at 50% and 30% MACs, top-1 /
+    KL and what it chose, and the seconds of each variant's prune at 30%."""
+    header = ["model"] + [f"{k:.0%}: {name}" for k in (0.5, 0.3) for name in variants]
+    header += ["s (30%): " + " / ".join(variants)]
+    table(f"{title}; top-1 zero-shot / logit KL; in brackets the query/key criterion and allocation chosen", header)
     for bench in benches:
         cells, seconds = [bench.label], []
         for keep in (0.5, 0.3):
-            results = [
-                bench.run(target_macs_ratio=keep, sensitivity_candidate=False),
-                bench.run(target_macs_ratio=keep, sensitivity_candidate=True),
-                bench.run(target_macs_ratio=keep, allocation="sensitivity"),
-            ]
+            results = [bench.run(target_macs_ratio=keep, **kwargs) for kwargs in variants.values()]
             cells += [cell(r) + choice(r) for r in results]
             seconds = [f"{r['seconds']:.0f}" for r in results]
         row(cells + [" / ".join(seconds)])
     print()
+
+
+def sensitivity_table(benches: list[Bench]) -> None:
+    """The validated allocation without and with the sensitivity candidate, and allocation='sensitivity' alone
+    (every cut measured on all held-out images, as when the candidate was chosen)."""
+    variants_table(
+        benches,
+        "Sensitivity allocation as a candidate of the validated allocation (SNPConfig(sensitivity_candidate=False / "
+        "True)) and alone (allocation='sensitivity'), each cut on all held-out images; default criteria and refit",
+        {
+            "without candidate": {"sensitivity_candidate": False},
+            "with candidate": {"sensitivity_candidate": True, "sensitivity_samples": None},
+            "sensitivity alone": {"allocation": "sensitivity", "sensitivity_samples": None},
+        },
+    )
 
 
 def sensitivity_samples_table(benches: list[Bench]) -> None:
     """The sensitivity candidate's cuts measured on all held-out images or on the first 32 / 16 of them."""
-    counts = (None, 32, 16)
-    header = ["model"] + [f"{k:.0%}: {c or 'all'} samples" for k in (0.5, 0.3) for c in counts]
-    header += ["s (30%): " + " / ".join(str(c or "all") for c in counts)]
-    table(
-        "Held-out samples per sensitivity cut (SNPConfig(sensitivity_samples=None / 32 / 16), the default pipeline "
-        "otherwise; top-1 zero-shot / logit KL; in brackets the query/key criterion and allocation chosen)",
-        header,
+    variants_table(
+        benches,
+        "Held-out samples per sensitivity cut (SNPConfig(sensitivity_samples=None / 32 / 16)), the default pipeline "
+        "otherwise",
+        {f"{c or 'all'} samples": {"sensitivity_samples": c} for c in (None, 32, 16)},
     )
-    for bench in benches:
-        cells, seconds = [bench.label], []
-        for keep in (0.5, 0.3):
-            results = [bench.run(target_macs_ratio=keep, sensitivity_samples=c) for c in counts]
-            cells += [cell(r) + choice(r) for r in results]
-            seconds = [f"{r['seconds']:.0f}" for r in results]
-        row(cells + [" / ".join(seconds)])
-    print()
 
 
 def main(argv=None) -> int:
