@@ -53,8 +53,8 @@ class ViTAdapter(ImageAdapterMixin, ArchitectureAdapter):
     supports_block_removal = True  # the SNP family drops a residual branch whose dims are 0
     # the validated allocation also tries measured loss curves (allocation='sensitivity'): on the tune models
     # (digits-vit, patches-vit; validation split; 50% / 30% MACs, seeds 0 and 1) the logit KL fell in all 8 cells
-    # (e.g. patches-vit 50%: 0.013 -> 0.000, digits-vit 30%: 0.025 -> 0.002) and top-1 rose by 3.7 pt summed
-    # (README "Sensitivity allocation"; benchmarks/results/sensitivity_tune.md)
+    # (e.g. patches-vit 50%: 0.013 -> 0.000, digits-vit 30%: 0.025 -> 0.002) and top-1 rose by 3.7 pt summed, and on
+    # the DeiT tune model added later in all 4 (README "Sensitivity allocation"; benchmarks/results/sensitivity_tune.md)
     sensitivity_candidate = True
 
     # ---- modules ------------------------------------------------------------------------------------------
