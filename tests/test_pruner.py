@@ -352,7 +352,7 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
             10,
             "only 10 examples, fewer than num_calibration_samples=12 plus num_validation_samples=8 held out to "
             "choose among candidates; calibrating on all 10, with nothing left to hold out",
-        ),  # fmt: skip
+        ),
         (15, "calibrating on 12 and holding out the other 3"),
     ],
 )

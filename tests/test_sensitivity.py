@@ -117,8 +117,8 @@ def test_sensitivity_cuts_are_measured_on_the_first_sensitivity_samples(monkeypa
     assert sizes and set(sizes) == {8}  # the reference on the 8, then every cut on them
     everything, sizes = curves(num_validation_samples=16, sensitivity_samples=None)
     assert set(sizes) == {16} and subset != everything
-    # the first 8 held-out samples are the first 8 of the 16 (same seed, same shuffle), so the subset's curves are a
-    # prune that holds out those 8 alone, up to the float rounding of batches of 4 vs batches of 8 rows per pass
+    # the first 8 held-out samples are the first 8 of the 16 (same seed, same shuffle), so the subset's curves are
+    # those of a prune that holds out those 8 alone
     alone, _ = curves(num_validation_samples=8, sensitivity_samples=None)
     for key, points in alone.items():
         assert points.keys() == subset[key].keys()
