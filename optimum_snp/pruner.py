@@ -406,7 +406,7 @@ class SNPPruner:
         context = self._context
         held_out, reference = context["validation"].get()
         count = config.sensitivity_samples
-        if count is not None and count < sum(batch_length(b) for b in held_out):
+        if count is not None and count < context["validation"].num_rows:
             held_out, _ = split_batches(held_out, count)  # the first `count` held-out samples
             reference = model_outputs(self.model, held_out)
         jobs = [
