@@ -181,6 +181,11 @@ class SNPPruner:
             self._context = None
         search = CandidateSearch(self.model, config, criteria, qk_variants, batches, cache, validation, show_progress)
         plan, pruned, chosen, reconstruction = search.run(candidates)
+        measured = None
+        if config.target_latency is not None:  # the chosen allocation measured, and re-allocated while it misses
+            plan, pruned, chosen, reconstruction, measured = self._settle_latency(
+                config, ratios, scores, search, (plan, pruned, chosen, reconstruction)
+            )
         done = time.perf_counter()
         criteria = {**criteria, "qk": chosen["qk_criterion"]}
 
@@ -196,7 +201,7 @@ class SNPPruner:
         if validation.reference is not None:
             self.report["allocation"]["num_validation_samples"] = validation.num_rows
         if config.target_latency is not None:
-            self.report["latency"] = self._latency_report(config, plan, pruned)
+            self.report["latency"] = self._latency_report(config, plan, measured)
         # carried by the model, so that any later save_pretrained / push_to_hub writes them and the model card
         attach_pruning_info(
             pruned,
@@ -307,8 +312,11 @@ class SNPPruner:
             }
         return scores, qk_variants, cache, recorder
 
-    def _candidate_dims(self, config: SNPConfig, ratios: PruningRatios, scores) -> list[tuple[str, int, list]]:
-        """(name, kept hidden channels, per-layer dims) of every allocation to try; one unless 'validated'."""
+    def _candidate_dims(
+        self, config: SNPConfig, ratios: PruningRatios, scores, unique: bool = True
+    ) -> list[tuple[str, int, list]]:
+        """(name, kept hidden channels, per-layer dims) of every allocation to try; one unless 'validated'. With
+        `unique`, dims that two allocations share are listed once (under the first name)."""
         adapter = get_adapter(self.model)
         layer_dims = adapter.layer_dims()
         if not config.has_target:
@@ -391,10 +399,11 @@ class SNPPruner:
                     "sensitivity", lambda: self._sensitivity_dims(config, scores, kept_hidden, base_dims, common)
                 )
             candidates = within_groups("uniform", lambda: uniform_dims(**common)) + candidates
-            unique = {}
-            for name, hidden, dims in candidates:  # the same dims under two names are tried once
-                unique.setdefault(tuple(dims), (name, hidden, dims))
-            candidates = list(unique.values())
+            if unique:
+                first = {}
+                for name, hidden, dims in candidates:  # the same dims under two names are tried once
+                    first.setdefault(tuple(dims), (name, hidden, dims))
+                candidates = list(first.values())
         return candidates
 
     def _sensitivity_dims(self, config: SNPConfig, scores, kept_hidden: int, base_dims: list, common: dict) -> list:
@@ -541,12 +550,64 @@ class SNPPruner:
         best = min(state["rounds"], key=lambda r: abs(r["error"]))
         state["internal_ms"] = best["internal_target_ms"]
 
-    def _latency_report(self, config: SNPConfig, plan: PruningPlan, pruned: nn.Module) -> dict:
-        """`report["latency"]`: the target, the estimate and the measured latency of the returned model."""
+    def _measure_against_target(self, config: SNPConfig, pruned: nn.Module) -> dict:
+        """{"original", "pruned" (ms, measured interleaved), "target_ms", "error"} of `pruned` (a fractional target
+        is a fraction of the unpruned model measured alongside)."""
+        measured = measure_latency(
+            {"original": self.model, "pruned": pruned}, batch_size=config.latency_batch_size, reference="original"
+        )
+        fraction = config.target_latency <= 1
+        target_ms = config.target_latency * measured["original"] if fraction else float(config.target_latency)
+        return {**measured, "target_ms": target_ms, "error": measured["pruned"] / target_ms - 1}
+
+    def _settle_latency(self, config: SNPConfig, ratios: PruningRatios, scores, search: CandidateSearch, result):
+        """The chosen candidate against the latency target. `_calibrate_latency` set the internal target on one
+        allocation (the first from SNP's scores); the held-out comparison may choose another, whose measured latency
+        at the same estimate differs (DeiT-S, batch 16, 50%: the calibrated allocation 2% from the target, the chosen
+        one 20% above it). So the returned model is measured; while it misses by more than LATENCY_ACCEPT, its own
+        allocation is re-allocated at a moved internal target (`_next_internal_target` over its own rounds), sliced
+        and measured (MAX_SETTLE_ROUNDS at most); the closest is refit and returned. Returns (plan, pruned model,
+        entry of the candidates tried, reconstruction report, its measurement)."""
+        plan, pruned, chosen, reconstruction = result
+        state = self._latency
+        name = chosen["allocation"]
+        qk_name = chosen["qk_criterion"] if chosen["qk_criterion"] in search.qk_variants else None
+        qk_name = qk_name or next(iter(search.qk_variants))  # 'validated_per_layer': the refit chooses again
+        measured = self._measure_against_target(config, pruned)
+        rounds = [dict(allocation=name, internal_target_ms=state["internal_ms"], error=measured["error"])]
+        best = (measured, None, state["internal_ms"])  # (measurement, candidate, internal target); None: returned
+        for _ in range(MAX_SETTLE_ROUNDS):
+            if abs(best[0]["error"]) <= LATENCY_ACCEPT:
+                break
+            state["internal_ms"] = _next_internal_target(rounds)
+            try:
+                candidates = self._candidate_dims(config, ratios, scores, unique=False)
+            except ValueError:  # the moved target is beyond what the model reaches
+                break
+            candidate = next((c for c in candidates if c[0] == name), None)
+            if candidate is None:
+                break
+            # latency depends on the dims alone: the sliced model is measured, only the closest is refit
+            sliced = apply_plan(self.model, plan_from_kept_dims(search.qk_variants[qk_name], *candidate[1:]))
+            trial = self._measure_against_target(config, sliced)
+            del sliced
+            rounds.append(dict(allocation=name, internal_target_ms=state["internal_ms"], error=trial["error"]))
+            if abs(trial["error"]) < abs(best[0]["error"]):
+                best = (trial, candidate, state["internal_ms"])
+        state["settle_rounds"] = [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rounds
+        ]
+        measured, corrected, state["internal_ms"] = best
+        if corrected is not None:
+            plan, pruned, chosen, reconstruction = search.refit(qk_name, corrected)
+        return plan, pruned, chosen, reconstruction, measured
+
+    def _latency_report(self, config: SNPConfig, plan: PruningPlan, measured: dict) -> dict:
+        """`report["latency"]`: the target, the estimate and the measured latency of the returned model
+        (`measured`: `_measure_against_target`'s)."""
         state = self._latency
         batch = config.latency_batch_size
-        measured = measure_latency({"original": self.model, "pruned": pruned}, batch_size=batch, reference="original")
-        target_ms = config.target_latency * measured["original"] if config.target_latency <= 1 else state["target_ms"]
+        target_ms = measured["target_ms"]
         model = state["model"]
         return {
             "target": config.target_latency,
@@ -565,6 +626,8 @@ class SNPPruner:
             "round_details": [
                 {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in state["rounds"]
             ],
+            # the chosen allocation's own rounds: the returned model first, then its re-allocations (if it missed)
+            "settle_rounds": state["settle_rounds"],
             "build_seconds": round(model.build_seconds, 3),
             "loaded_from_cache": model.loaded,
             "cache_file": model.path,
@@ -699,6 +762,7 @@ def _remove_blocks(dims: list, config: SNPConfig, adapter) -> list:
 
 
 LATENCY_ACCEPT = 0.025  # relative miss of a latency target that ends the allocation rounds
+MAX_SETTLE_ROUNDS = 2  # re-allocations of the chosen allocation when the returned model misses the latency target
 
 
 def _has_choices(config: SNPConfig, criteria: dict) -> bool:

@@ -268,6 +268,13 @@ class CandidateSearch:
         )
         return plan, pruned, chosen, reconstruction
 
+    def refit(self, qk_name: str, candidate: tuple[str, int, list]):
+        """(plan, pruned model, entry of `tried`, reconstruction report) of one more candidate (name, kept hidden
+        channels, per-layer dims) built as `run()` builds them, with the query/key criterion `qk_name` (one of
+        `qk_variants`; with 'validated_per_layer' the refit chooses per layer again)."""
+        _, entry, plan, pruned, reconstruction = self._evaluate(qk_name, *candidate)
+        return plan, pruned, entry, reconstruction
+
     def _qk_before_refit(self, name: str, kept_hidden: int, kept_dims: list) -> str:
         """The query/key criterion to refit for this allocation: with 'validated_before_refit', the one whose sliced
         model is closest to the unpruned one on the held-out samples; else the first."""
