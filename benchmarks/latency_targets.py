@@ -102,6 +102,11 @@ def deit(args) -> None:
                 f" (internal target, estimate, measured ms); prune() took {seconds:.0f} s",
                 file=sys.stderr,
             )
+            print(
+                f"  settle: {[(r['internal_target_ms'], r['error']) for r in report['settle_rounds']]} (internal "
+                "target, error of the returned allocation: as chosen, then re-allocated if it missed by > 2.5%)",
+                file=sys.stderr,
+            )
 
 
 def digits(args) -> None:
