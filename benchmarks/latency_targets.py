@@ -57,9 +57,15 @@ def deit(args) -> None:
     original.set_attn_implementation("sdpa")
     base = model_size_of(original).macs
     original.to(args.device, args.dtype)  # the pruner measures and prunes on the model's device and dtype
+    calibration = None
+    if args.pipeline == "default":  # every default: validated allocation and query/key, least-squares refit
+        from optimum_snp.embedded import digits_dataset
+
+        calibration = digits_dataset()["train"].select(range(128))  # 64 calibration + 64 held-out images
+    setting = "magnitude, no refit, allocation 'scores'" if calibration is None else "the default pipeline"
     print(
-        f"## DeiT-S on {args.device.upper()} ({str(args.dtype).removeprefix('torch.')}; random weights, magnitude, "
-        "no refit, allocation 'scores'"
+        f"## DeiT-S on {args.device.upper()} ({str(args.dtype).removeprefix('torch.')}; random weights, {setting}"
+        f"{', calibrated on digits images' if calibration is not None else ''}"
         f"{f', head_ratio={args.head_ratio}' if args.head_ratio else ''}"
         f"{', block pruning allowed' if args.block_pruning else ''}), SDPA, 224x224\n"
     )
@@ -71,18 +77,17 @@ def deit(args) -> None:
     for batch in args.batch_sizes:
         for keep in args.keep:
             pruner = SNPPruner(original)
+            fast = dict(criterion="magnitude", reconstruct="none", allocation="scores") if calibration is None else {}
             config = SNPConfig(
                 target_latency=keep,
                 latency_batch_size=batch,
-                criterion="magnitude",
-                reconstruct="none",
-                allocation="scores",
                 head_ratio=args.head_ratio,
                 block_pruning=args.block_pruning,
+                **fast,
             )
             start = time.perf_counter()
             try:
-                pruned = pruner.prune(config, show_progress=False).eval()
+                pruned = pruner.prune(config, calibration_dataset=calibration, show_progress=False).eval()
             except ValueError as error:  # below what the model reaches (as estimated) with these options
                 print(f"| {batch} | {keep:.0%} | - | - | - | not reachable: {error} | - | - | - |", flush=True)
                 continue
@@ -104,7 +109,9 @@ def deit(args) -> None:
             )
             print(
                 f"  settle: {[(r['internal_target_ms'], r['error']) for r in report['settle_rounds']]} (internal "
-                "target, error of the returned allocation: as chosen, then re-allocated if it missed by > 2.5%)",
+                "target, error of the returned allocation: as chosen, then re-allocated if it missed by > 2.5%); "
+                f"rounds measured {report['round_details'][0]['allocation']}, chosen "
+                f"{pruner.report['allocation']['chosen']}",
                 file=sys.stderr,
             )
 
@@ -191,6 +198,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="DeiT-S part: where it runs")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="DeiT-S part: model dtype"
+    )
+    parser.add_argument(
+        "--pipeline",
+        default="fast",
+        choices=["fast", "default"],
+        help="DeiT-S part: magnitude, no refit, allocation 'scores' (fast), or every default with 128 digits images "
+        "(64 calibration + 64 held out for the validated choice)",
     )
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")

@@ -543,12 +543,14 @@ class SNPPruner:
                     error=round(error, 4),
                 )
             )
+            state.setdefault("round_dims", []).append(list(dims))
             if abs(error) <= LATENCY_ACCEPT:
                 break
             state["internal_ms"] = _next_internal_target(state["rounds"])
         state = self._latency
-        best = min(state["rounds"], key=lambda r: abs(r["error"]))
-        state["internal_ms"] = best["internal_target_ms"]
+        best = min(range(len(state["rounds"])), key=lambda i: abs(state["rounds"][i]["error"]))
+        state["internal_ms"] = state["rounds"][best]["internal_target_ms"]
+        state["measured_dims"] = state["round_dims"][best]  # `_settle_latency` re-allocates other dims only
 
     def _measure_against_target(self, config: SNPConfig, pruned: nn.Module) -> dict:
         """{"original", "pruned" (ms, measured interleaved), "target_ms", "error"} of `pruned` (a fractional target
@@ -564,8 +566,8 @@ class SNPPruner:
         """The chosen candidate against the latency target. `_calibrate_latency` set the internal target on one
         allocation (the first from SNP's scores); the held-out comparison may choose another, whose measured latency
         at the same estimate differs (DeiT-S, batch 16, 50%: the calibrated allocation 2% from the target, the chosen
-        one 20% above it). So the returned model is measured; while it misses by more than LATENCY_ACCEPT, its own
-        allocation is re-allocated at a moved internal target (`_next_internal_target` over its own rounds), sliced
+        one 20% above it). So the returned model is measured; unless its dims are the ones the closest round measured,
+        and while it misses by more than LATENCY_ACCEPT, its own allocation is re-allocated at a moved internal target (`_next_internal_target` over its own rounds), sliced
         and measured (MAX_SETTLE_ROUNDS at most); the closest is refit and returned. Returns (plan, pruned model,
         entry of the candidates tried, reconstruction report, its measurement)."""
         plan, pruned, chosen, reconstruction = result
@@ -576,7 +578,9 @@ class SNPPruner:
         measured = self._measure_against_target(config, pruned)
         rounds = [dict(allocation=name, internal_target_ms=state["internal_ms"], error=measured["error"])]
         best = (measured, None, state["internal_ms"])  # (measurement, candidate, internal target); None: returned
-        for _ in range(MAX_SETTLE_ROUNDS):
+        # the dims the closest round measured: a second measurement of the same model only adds noise to chase
+        calibrated = plan.layer_dims() == state.get("measured_dims")
+        for _ in range(0 if calibrated else MAX_SETTLE_ROUNDS):
             if abs(best[0]["error"]) <= LATENCY_ACCEPT:
                 break
             state["internal_ms"] = _next_internal_target(rounds)
