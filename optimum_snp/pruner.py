@@ -565,11 +565,12 @@ class SNPPruner:
     def _settle_latency(self, config: SNPConfig, ratios: PruningRatios, scores, search: CandidateSearch, result):
         """The chosen candidate against the latency target. `_calibrate_latency` set the internal target on one
         allocation (the first from SNP's scores); the held-out comparison may choose another, whose measured latency
-        at the same estimate differs (DeiT-S, batch 16, 50%: the calibrated allocation 2% from the target, the chosen
-        one 20% above it). So the returned model is measured; unless its dims are the ones the closest round measured,
-        and while it misses by more than LATENCY_ACCEPT, its own allocation is re-allocated at a moved internal target (`_next_internal_target` over its own rounds), sliced
-        and measured (MAX_SETTLE_ROUNDS at most); the closest is refit and returned. Returns (plan, pruned model,
-        entry of the candidates tried, reconstruction report, its measurement)."""
+        at the same estimate differs (the latency model's error depends on where the allocation puts the cuts). So
+        the returned model is measured again; unless its dims are the ones the closest round measured, and while it
+        misses by more than LATENCY_ACCEPT, its own allocation is re-allocated at a moved internal target
+        (`_next_internal_target` over its own rounds), sliced and measured (MAX_SETTLE_ROUNDS at most); the closest
+        is refit and returned. Returns (plan, pruned model, entry of the candidates tried, reconstruction report, its
+        measurement)."""
         plan, pruned, chosen, reconstruction = result
         state = self._latency
         name = chosen["allocation"]
