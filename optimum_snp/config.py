@@ -119,7 +119,9 @@ class SNPConfig:
             "fraction of the unpruned model's measured latency to KEEP, a value > 1 is milliseconds per batch of "
             "`latency_batch_size`. The dims are allocated with a measured latency model (latency_model.py) instead "
             "of MACs, the pruned model is measured, and the allocation is redone (3 rounds at most) while it misses "
-            "the target by more than 2.5%. Exclusive with `target_macs`/`target_macs_ratio`."
+            "the target by more than 2.5%; the returned model is measured too, and re-allocated (2 rounds at most) "
+            "where the held-out choice returned other dims that miss it. Exclusive with `target_macs`/"
+            "`target_macs_ratio`."
         },
     )
     latency_batch_size: int = field(default=1, metadata={"help": "Batch size `target_latency` is measured at."})
