@@ -103,6 +103,9 @@ class SNPPruner:
         self._latency: dict | None = None  # latency target state of the running prune() (target_latency)
         self._context: dict | None = None  # calibration data of the running prune() (allocation='sensitivity')
         self._sensitivity: dict | None = None  # the curves allocation='sensitivity' measured
+        self._sensitivity_curves: tuple | None = (
+            None  # ((kept hidden, base dims), their curves) of the running prune()
+        )
 
     @property
     def image_processor(self):
@@ -163,6 +166,7 @@ class SNPPruner:
         start = time.perf_counter()
         self._latency = None
         self._sensitivity = None
+        self._sensitivity_curves = None
 
         batches, held_out, num_samples = self._calibration_batches(
             config, criteria, calibration_dataset, split, show_progress
@@ -412,6 +416,10 @@ class SNPPruner:
         samples; the greedy then removes, step by step, what adds the least interpolated divergence per MAC saved."""
         from tqdm.auto import tqdm
 
+        # measured once per prune(): the latency rounds and their settling re-allocate from the same curves
+        key = (kept_hidden, list(base_dims))
+        if self._sensitivity_curves is not None and self._sensitivity_curves[0] == key:
+            return allocate_dims(scores, loss_curves=self._sensitivity_curves[1], **common)
         context = self._context
         held_out, reference = context["validation"].get()
         count = config.sensitivity_samples
@@ -477,6 +485,7 @@ class SNPPruner:
             for (idx, group), values in points.items()
         }
         self._sensitivity = {f"{idx}.{group}": values for (idx, group), values in points.items()}
+        self._sensitivity_curves = (key, curves)
         return allocate_dims(scores, loss_curves=curves, **common)
 
     # ---- latency targets (SNPConfig.target_latency) -------------------------------------------------------

@@ -170,7 +170,7 @@ def test_prune_to_latency_target_end_to_end(cache, tmp_path, flop_timed):
     assert os.path.isfile(report["cache_file"])
 
 
-@pytest.mark.parametrize("pipeline", ["sliced", "validated+refit", "the calibrated dims"])
+@pytest.mark.parametrize("pipeline", ["sliced", "validated+refit", "sensitivity", "the calibrated dims"])
 def test_a_returned_model_that_misses_the_latency_target_is_re_allocated(cache, flop_timed, monkeypatch, pipeline):
     """The rounds calibrate the internal target on one allocation; the held-out choice may return another. Simulated
     here: every model measured after the rounds runs 15% slower than its FLOPs, and the rounds' dims are forgotten, as
@@ -192,13 +192,24 @@ def test_a_returned_model_that_misses_the_latency_target_is_re_allocated(cache, 
         out = measure_latency(models, **kwargs)
         return {k: v * 1.15 if calibrated["done"] and k == "pruned" else v for k, v in out.items()}
 
+    curves = []  # every sensitivity curve computed, by (layer, group)
+
+    def sensitivity_curve(values, full):
+        curves.append(sorted(values))
+        return curve(values, full)
+
+    curve = pruner_module.sensitivity_curve
     monkeypatch.setattr(SNPPruner, "_calibrate_latency", calibrate_then_slow_down)
     monkeypatch.setattr(pruner_module, "measure_latency", measure)
+    monkeypatch.setattr(pruner_module, "sensitivity_curve", sensitivity_curve)
     model = tiny_model("vit", hidden_size=64, intermediate_size=256, image_size=64, num_attention_heads=4)
     pruner = SNPPruner.from_pretrained(model)
     common = dict(target_latency=0.8, latency_batch_size=4)
-    if pipeline == "validated+refit":  # the default pipeline: validated allocation and query/key, least squares
-        config = SNPConfig(num_calibration_samples=16, num_validation_samples=16, batch_size=8, **common)
+    if pipeline in ("validated+refit", "sensitivity"):  # validated query/key, least squares; the allocation
+        allocation = "sensitivity" if pipeline == "sensitivity" else "validated"
+        config = SNPConfig(
+            num_calibration_samples=16, num_validation_samples=16, batch_size=8, allocation=allocation, **common
+        )
         data = digits_dataset()["train"].select(range(40))
         pruned = pruner.prune(config, calibration_dataset=data, show_progress=False)
     else:
@@ -223,6 +234,8 @@ def test_a_returned_model_that_misses_the_latency_target_is_re_allocated(cache, 
     assert report["internal_target_ms"] == pytest.approx(
         next(r for r in settle if r["error"] == pytest.approx(report["error"], abs=1e-4))["internal_target_ms"]
     )
+    if pipeline == "sensitivity":  # the curves were measured once, for the first round: the others reuse them
+        assert curves and len(curves) == len(pruner.report["allocation"]["sensitivity"])
     if pipeline == "validated+refit":  # the re-allocated candidate was refit like the others, and is listed with them
         assert [c["allocation"] for c in pruner.report["allocation"]["candidates"]].count(chosen) >= 2
         assert pruner.report["reconstruction"]["mode"] == "least_squares"
