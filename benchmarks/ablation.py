@@ -364,6 +364,21 @@ def sensitivity_table(benches: list[Bench]) -> None:
     )
 
 
+def criteria_table(benches: list[Bench]) -> None:
+    """The default pipeline (validated allocation with the sensitivity candidate, least-squares refit) with SNP's
+    criteria, with weight magnitude for value dims and MLP units, and with magnitude everywhere."""
+    variants_table(
+        benches,
+        "Criteria in the default pipeline (SNPConfig(criterion='snp' / {'v': 'magnitude', 'mlp': 'magnitude'} / "
+        "'magnitude'))",
+        {
+            "snp (default)": {},
+            "v, mlp magnitude": {"criterion": {"v": "magnitude", "mlp": "magnitude"}},
+            "all magnitude": {"criterion": "magnitude"},
+        },
+    )
+
+
 def sensitivity_samples_table(benches: list[Bench]) -> None:
     """The sensitivity candidate's cuts measured on all held-out images or on the first 32 / 16 of them."""
     variants_table(
@@ -405,6 +420,7 @@ def main(argv=None) -> int:
         "qk_choice": qk_choice_table,
         "sensitivity": sensitivity_table,
         "sensitivity_samples": sensitivity_samples_table,
+        "criteria": criteria_table,
     }
     for name in args.tables:
         chosen = benches if name != "ridge" else [b for b in benches if b.role == "tune"]

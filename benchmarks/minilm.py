@@ -177,6 +177,13 @@ def main(argv=None) -> int:
         "--distill-loss", nargs="+", default=["pooled+tokens"], choices=list(EMBEDDING_LOSSES)
     )  # chosen on tune with the learning rate
     parser.add_argument(
+        "--distill-dropout",
+        nargs="+",
+        default=["keep"],
+        choices=["keep", "off"],
+        help="the student's dropout during distillation: the model's own (keep) or none (off); each distils its copy",
+    )
+    parser.add_argument(
         "--distill-corpus",
         default="lee",
         choices=["lee", "wiki", "lee+wiki"],
@@ -285,15 +292,27 @@ def main(argv=None) -> int:
               "per token, '+layers': per token of every layer's output):")  # fmt: skip
         print(f"| MACs target | variant | learning rate | loss | {metric_cols} | train (s) |")
         print(f"|---|---|---|---{rule}|---|")
-        settings = [(lr, loss) for lr in args.distill_lr for loss in args.distill_loss]
+        settings = [
+            (lr, loss, dropout)
+            for lr in args.distill_lr
+            for loss in args.distill_loss
+            for dropout in args.distill_dropout
+        ]
         for target, pruned in pruned_default.items():
-            for lr, loss in settings:
+            for lr, loss, dropout in settings:
                 student = copy.deepcopy(pruned) if len(settings) > 1 else pruned
+                if dropout == "off":  # every dropout of the student (attention probabilities included) to 0
+                    for module in student.modules():
+                        if isinstance(module, torch.nn.Dropout):
+                            module.p = 0.0
+                    loss_name = f"{loss}, dropout off"
+                else:
+                    loss_name = loss
                 student, seconds = distill(
                     student, model, tokenizer, unlabeled, args.distill_epochs, learning_rate=lr, loss=loss
                 )
                 print(
-                    f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss} | {scores(student)} | {seconds:.0f} |",
+                    f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss_name} | {scores(student)} | {seconds:.0f} |",
                     flush=True,
                 )
                 if len(settings) == 1:
