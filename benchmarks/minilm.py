@@ -98,7 +98,15 @@ def fidelity(reference: torch.Tensor, embeddings: torch.Tensor) -> tuple[float, 
 
 
 def distill(
-    student, teacher, tokenizer, texts, epochs: float, seed: int = 0, learning_rate: float = 1e-4, loss: str = "pooled"
+    student,
+    teacher,
+    tokenizer,
+    texts,
+    epochs: float,
+    seed: int = 0,
+    learning_rate: float = 1e-4,
+    loss: str = "pooled",
+    student_dropout: str = "auto",
 ):
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
@@ -115,6 +123,7 @@ def distill(
             per_device_train_batch_size=32,
             learning_rate=learning_rate,
             embedding_loss=loss,
+            student_dropout=student_dropout,
             warmup_steps=0.1,  # a fraction of the steps (transformers 5)
             weight_decay=0.0,
             seed=seed,
@@ -179,9 +188,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--distill-dropout",
         nargs="+",
-        default=["keep"],
-        choices=["keep", "off"],
-        help="the student's dropout during distillation: the model's own (keep) or none (off); each distils its copy",
+        default=["auto"],
+        choices=["auto", "keep"],
+        help="SNPTrainingArguments(student_dropout=...): 'auto' (the default: no dropout for this feature-extraction "
+        "student; chosen on tune, results/minilm_tune_distill_dropout.txt) or 'keep' (the model's own 0.1); each "
+        "distils its own copy",
     )
     parser.add_argument(
         "--distill-corpus",
@@ -301,15 +312,16 @@ def main(argv=None) -> int:
         for target, pruned in pruned_default.items():
             for lr, loss, dropout in settings:
                 student = copy.deepcopy(pruned) if len(settings) > 1 else pruned
-                if dropout == "off":  # every dropout of the student (attention probabilities included) to 0
-                    for module in student.modules():
-                        if isinstance(module, torch.nn.Dropout):
-                            module.p = 0.0
-                    loss_name = f"{loss}, dropout off"
-                else:
-                    loss_name = loss
+                loss_name = loss if dropout == "auto" else f"{loss}, dropout {dropout}"
                 student, seconds = distill(
-                    student, model, tokenizer, unlabeled, args.distill_epochs, learning_rate=lr, loss=loss
+                    student,
+                    model,
+                    tokenizer,
+                    unlabeled,
+                    args.distill_epochs,
+                    learning_rate=lr,
+                    loss=loss,
+                    student_dropout=dropout,
                 )
                 print(
                     f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss_name} | {scores(student)} | {seconds:.0f} |",

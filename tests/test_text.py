@@ -333,6 +333,48 @@ def test_distillation_trainer_fine_tunes_text_models(head, tokenizer, tmp_path):
     assert len(losses) == 6 and sum(losses[3:]) < sum(losses[:3])  # the second epoch fits better than the first
 
 
+@pytest.mark.parametrize(
+    "head, setting, during",
+    [
+        ("embeddings", "auto", 0.0),
+        ("classification", "auto", 0.1),
+        ("embeddings", "keep", 0.1),
+        ("classification", 0.3, 0.3),
+    ],
+)
+def test_student_dropout_while_training(head, setting, during, tokenizer, tmp_path):
+    """student_dropout='auto' trains a feature-extraction student without dropout (embedding distillation) and keeps
+    a task student's own; every dropout of the student (attention included) has that value during training only."""
+    from transformers import DataCollatorWithPadding
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    cls = BertForSequenceClassification if head == "classification" else BertModel
+    teacher = _model("bert", cls, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
+    columns = ["sentence", "label"] if head == "classification" else ["sentence"]
+    data = (
+        text_dataset(8)
+        .select_columns(columns)
+        .map(lambda b: tokenizer(b["sentence"]), batched=True, remove_columns=["sentence"])
+    )
+    if head == "classification":
+        data = data.rename_column("label", "labels")
+    args = SNPTrainingArguments(str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                                save_strategy="no", disable_tqdm=True, student_dropout=setting)  # fmt: skip
+    trainer = SNPDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=data,
+                                     data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    dropouts = [m for m in student.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) > 4 and {m.p for m in dropouts} == {0.1}
+    seen = []
+    student.register_forward_pre_hook(lambda module, args: seen.append({m.p for m in dropouts}))
+    trainer.train()
+    assert seen and all(values == {during} for values in seen)
+    assert {m.p for m in dropouts} == {0.1}  # restored
+    with pytest.raises(ValueError, match="student_dropout"):
+        SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], student_dropout=1.0)
+
+
 def test_text_models_calibrate_on_1024_texts_by_default(tokenizer):
     assert SNPConfig().num_calibration_samples is None  # the architecture decides
     pruner = SNPPruner(_model("bert", BertModel), tokenizer=tokenizer)

@@ -240,3 +240,26 @@ def test_bad_input_raises_clear_errors(tmp_path):
         training_args(tmp_path, distillation_alpha=1.5)
     with pytest.raises(ValueError, match="distillation_temperature"):
         training_args(tmp_path, distillation_temperature=0.0)
+
+
+def test_dropout_set_to_covers_the_attention_dropout_and_restores():
+    from optimum_snp.training import dropout_set_to
+
+    model = tiny_model("vit", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
+    ratios = PruningRatios.uniform(model.config.num_hidden_layers, qk=0.5, v=0.25, mlp=0.5)
+    student = apply_plan(model, build_plan(model, ratios))
+
+    def probabilities():
+        return sorted(
+            (type(m).__name__, float(m.p if isinstance(m, torch.nn.Dropout) else m.attention_dropout))
+            for m in student.modules()
+            if isinstance(m, torch.nn.Dropout) or isinstance(getattr(m, "attention_dropout", None), float)
+        )
+
+    before = probabilities()
+    assert {p for _, p in before} == {0.1, 0.2} and any(name == "SNPAttention" for name, _ in before)
+    with dropout_set_to(student, 0.0):
+        assert {p for _, p in probabilities()} == {0.0}
+    assert probabilities() == before
+    with dropout_set_to(student, None):
+        assert probabilities() == before
