@@ -360,8 +360,9 @@ class SNPConfig:
             return True  # the refit and the validated allocation run on calibration images
         return any(c not in ("magnitude", "random") for c in self.criterion_per_group().values())
 
-    def criterion_per_group(self) -> dict[str, str]:
-        """The resolved criterion of every group (`"snp"` replaced by the shipped default of that group)."""
+    def criterion_per_group(self, defaults: dict[str, str] | None = None) -> dict[str, str]:
+        """The resolved criterion of every group (`"snp"` replaced by the shipped default of that group: `defaults`
+        (an architecture's `default_criteria`) where they name it, else SNP_DEFAULTS)."""
         if isinstance(self.criterion, str):
             if self.criterion not in ("snp", "magnitude", "random"):
                 raise ValueError(
@@ -379,7 +380,8 @@ class SNPConfig:
         for group, name in chosen.items():
             if name not in CRITERIA[group]:
                 raise ValueError(f"Unknown {group} criterion {name!r}; choose one of {list(CRITERIA[group])}.")
-        return {g: SNP_DEFAULTS[g] if n == "snp" else n for g, n in chosen.items()}
+        shipped = {**SNP_DEFAULTS, **(defaults or {})}
+        return {g: shipped[g] if n == "snp" else n for g, n in chosen.items()}
 
     def pruning_ratios(self, num_layers: int) -> PruningRatios:
         """Per-layer ratios for a model with `num_layers` layers (lists are checked against it)."""

@@ -388,7 +388,7 @@ class GradualPruningCallback(TrainerCallback):
             "optimum_snp_version": __version__,
             "source": original["base_model"],
             "architecture": type(model).__name__,
-            "criteria": last.get("criteria", self.config.criterion_per_group()),
+            "criteria": last.get("criteria", self.config.criterion_per_group(adapter.default_criteria)),
             "num_calibration_samples": last.get("num_calibration_samples", 0),
             "params": {"before": original["params"], "after": size.params, "ratio": size.params / original["params"]},
             "macs": {"before": original["macs"], "after": size.macs, "ratio": size.macs / original["macs"]},

@@ -162,7 +162,7 @@ class SNPPruner:
                 f"{type(self.model).__name__} keeps its hidden channels (the width of its token and sentence "
                 f"embeddings is part of its interface); set hidden_ratio=0 (got {config.hidden_ratio})."
             )
-        criteria = config.criterion_per_group()
+        criteria = config.criterion_per_group(adapter.default_criteria)
         start = time.perf_counter()
         self._latency = None
         self._sensitivity = None

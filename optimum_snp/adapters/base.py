@@ -57,6 +57,9 @@ class ArchitectureAdapter:
     # allocation='validated' also tries allocation='sensitivity' (measured per-(layer, group) loss curves; costs
     # 12 cuts per layer, each refit and measured on the held-out samples)
     sensitivity_candidate: bool = False
+    # what criterion="snp" (the default) means for this architecture where it differs from config.SNP_DEFAULTS:
+    # {group: criterion}
+    default_criteria: dict[str, str] = {}
     # the held-out divergence of a base model (no logits) that chooses among candidates: False, the relative mean
     # squared error of its hidden states per token; True, 1 - cosine of their mean over each sequence's real tokens
     # (its sentence embedding); "pairwise", the squared change of the cosine similarity of every pair of those

@@ -159,7 +159,8 @@ class SNPStatistics:
                 return
             act = self._masked(inputs[0].detach())
             self._check_finite(act, f"layer {idx} MLP")
-            stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
+            if self.criteria["mlp"] not in ("magnitude", "random"):  # (data-free criteria read the weights alone)
+                stats.add("mlp", act.float().pow(2).sum(1).sqrt().sum(0))  # sum over images of ||act_j|| over tokens
 
         return hook
 
