@@ -701,3 +701,25 @@ def test_retain_freed_memory_stops_page_faults_of_reused_buffers():
     # most one round's worth of fresh pages while the heap settles)
     assert faults["off"] >= 4 * 16384 * 0.9, faults
     assert faults["on"] <= 16384 + 1000, faults
+
+
+@pytest.mark.parametrize(
+    "criterion, v_mlp",
+    [("snp", "magnitude"), ({"v": "contribution", "mlp": "contribution"}, "contribution"), ("magnitude", "magnitude")],
+)
+def test_default_criteria_resolve_per_architecture(criterion, v_mlp, data):
+    """criterion='snp' means the architecture's shipped defaults: for ViT/DeiT value dims and MLP units by weight
+    magnitude (chosen on the tune models), for text encoders SNP's activation contribution; query/key stays the
+    validated choice."""
+    from optimum_snp.config import SNP_DEFAULTS
+
+    model = tiny_model("deit")
+    pruner = SNPPruner.from_pretrained(model)
+    pruner.prune(fast(v_ratio=0.25, mlp_ratio=0.5, reconstruct="none", criterion=criterion), data, show_progress=False)
+    criteria = pruner.report["criteria"]
+    assert criteria["v"] == criteria["mlp"] == v_mlp
+    assert get_adapter(model).default_criteria == {"v": "magnitude", "mlp": "magnitude"}
+    assert SNP_DEFAULTS["v"] == SNP_DEFAULTS["mlp"] == "contribution"  # what the text encoders resolve "snp" to
+    assert SNPConfig(criterion=criterion).criterion_per_group()["v"] == (
+        "contribution" if criterion != "magnitude" else "magnitude"
+    )

@@ -490,3 +490,12 @@ def test_pooled_divergence_of_base_models_ignores_padding(tokenizer):
     want = float((sims(ref[0][0]) - sims(out[0][0])).square().sum() / (5 * 4))
     assert _divergence(ref_p, out_p, list(range(model.config.hidden_size))) == pytest.approx(want, rel=1e-6)
     assert _divergence(ref_p, ref_p, list(range(model.config.hidden_size))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_text_encoders_keep_snp_activation_criteria_by_default(tokenizer):
+    """criterion='snp' resolves per architecture: text encoders keep SNP's activation contribution for value dims and
+    MLP units (chosen on MiniLM), where ViT/DeiT take weight magnitude."""
+    pruner = SNPPruner(_model("bert", BertModel), tokenizer=tokenizer)
+    config = SNPConfig(v_ratio=0.25, mlp_ratio=0.5, reconstruct="none", num_calibration_samples=8)
+    pruner.prune(config, text_dataset(8), show_progress=False)
+    assert pruner.report["criteria"]["v"] == pruner.report["criteria"]["mlp"] == "contribution"
