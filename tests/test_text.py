@@ -303,23 +303,29 @@ def test_a_sentence_transformers_folder_stays_one(tokenizer, tmp_path):
     torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), atol=1e-5, rtol=1e-4)
 
 
+def _distillation_setup(head: str, tokenizer, num_texts: int, **config):
+    """(teacher, randomly pruned student in train mode, tokenized dataset) for a BERT classifier or base model."""
+    cls = BertForSequenceClassification if head == "classification" else BertModel
+    teacher = _model("bert", cls, **config)
+    student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
+    columns = ["sentence", "label"] if head == "classification" else ["sentence"]
+    data = (
+        text_dataset(num_texts)
+        .select_columns(columns)
+        .map(lambda b: tokenizer(b["sentence"]), batched=True, remove_columns=["sentence"])
+    )
+    if head == "classification":
+        data = data.rename_column("label", "labels")
+    return teacher, student, data
+
+
 @pytest.mark.parametrize("head", ["classification", "embeddings"])
 def test_distillation_trainer_fine_tunes_text_models(head, tokenizer, tmp_path):
     from transformers import DataCollatorWithPadding
 
     from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
 
-    cls = BertForSequenceClassification if head == "classification" else BertModel
-    teacher = _model("bert", cls)
-    student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
-    columns = ["sentence", "label"] if head == "classification" else ["sentence"]
-    data = (
-        text_dataset(24)
-        .select_columns(columns)
-        .map(lambda b: tokenizer(b["sentence"]), batched=True, remove_columns=["sentence"])
-    )
-    if head == "classification":
-        data = data.rename_column("label", "labels")
+    teacher, student, data = _distillation_setup(head, tokenizer, 24)
     args = SNPTrainingArguments(str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=8,
                                 learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1,
                                 disable_tqdm=True)  # fmt: skip
@@ -349,17 +355,9 @@ def test_student_dropout_while_training(head, setting, during, tokenizer, tmp_pa
 
     from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
 
-    cls = BertForSequenceClassification if head == "classification" else BertModel
-    teacher = _model("bert", cls, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
-    columns = ["sentence", "label"] if head == "classification" else ["sentence"]
-    data = (
-        text_dataset(8)
-        .select_columns(columns)
-        .map(lambda b: tokenizer(b["sentence"]), batched=True, remove_columns=["sentence"])
+    teacher, student, data = _distillation_setup(
+        head, tokenizer, 8, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
     )
-    if head == "classification":
-        data = data.rename_column("label", "labels")
     args = SNPTrainingArguments(str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to=[],
                                 save_strategy="no", disable_tqdm=True, student_dropout=setting)  # fmt: skip
     trainer = SNPDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=data,
