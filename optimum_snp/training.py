@@ -196,18 +196,34 @@ class SNPDistillationTrainer(Trainer):
         if self.args.label_names is None:
             self.label_names = ["labels"]
 
-    def student_dropout(self) -> float | None:
-        """The dropout probability the student trains with (`args.student_dropout`), or None for its own."""
+    def student_dropout(self, model: nn.Module | None = None) -> float | None:
+        """The dropout probability the student (`model`, by default `self.model`) trains with
+        (`args.student_dropout`), or None for its own."""
+        model = self.model if model is None else model
         value = getattr(self.args, "student_dropout", "auto")
-        if value == "keep" or self.model is None:
+        if value == "keep" or model is None:
             return None
         if value == "auto":
-            return 0.0 if _is_headless(self.model) else None
+            return 0.0 if _is_headless(model) else None
         return float(value)
 
     def train(self, *args, **kwargs):
-        with dropout_set_to(self.model, self.student_dropout()):
-            return super().train(*args, **kwargs)
+        # with `model_init` (e.g. a hyperparameter search) train() builds a new student: `call_model_init` sets its
+        # dropout in the same stack, so every student trained here is restored when training ends
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(dropout_set_to(self.model, self.student_dropout()))
+            self._dropout_stack = stack
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                self._dropout_stack = None
+
+    def call_model_init(self, trial=None):
+        model = super().call_model_init(trial)
+        stack = getattr(self, "_dropout_stack", None)
+        if stack is not None:
+            stack.enter_context(dropout_set_to(model, self.student_dropout(model)))
+        return model
 
     def _teacher_outputs(self, inputs: dict):
         teacher = self.teacher

@@ -373,6 +373,33 @@ def test_student_dropout_while_training(head, setting, during, tokenizer, tmp_pa
         SNPTrainingArguments(str(tmp_path / "bad"), report_to=[], student_dropout=1.0)
 
 
+def test_student_dropout_applies_to_students_built_by_model_init(tokenizer, tmp_path):
+    """With `model_init` (hyperparameter search) train() builds a new student; its dropout is set too, and restored."""
+    from transformers import DataCollatorWithPadding
+
+    from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
+
+    teacher, _, data = _distillation_setup("embeddings", tokenizer, 8, hidden_dropout_prob=0.1)
+    built, seen = [], []
+
+    def model_init():
+        student = apply_plan(teacher, random_plan(teacher, seed=7)).train()
+        dropouts = [m for m in student.modules() if isinstance(m, torch.nn.Dropout)]
+        student.register_forward_pre_hook(lambda module, args: seen.append((student, {m.p for m in dropouts})))
+        built.append((student, dropouts))
+        return student
+
+    args = SNPTrainingArguments(str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                                save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = SNPDistillationTrainer(model_init=model_init, teacher=teacher, args=args, train_dataset=data,
+                                     data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    trainer.train()
+    trained, dropouts = built[-1]
+    assert len(built) == 2 and trainer.model is trained  # one student at construction, a new one in train()
+    assert [values for model, values in seen if model is trained] == [{0.0}, {0.0}]  # 'auto': no dropout
+    assert {m.p for m in dropouts} == {0.1}  # restored
+
+
 def test_text_models_calibrate_on_1024_texts_by_default(tokenizer):
     assert SNPConfig().num_calibration_samples is None  # the architecture decides
     pruner = SNPPruner(_model("bert", BertModel), tokenizer=tokenizer)
