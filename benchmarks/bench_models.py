@@ -125,6 +125,9 @@ BENCH: dict[str, BenchSpec] = {
         # A DeiT among the tune models (added when the first decision between them, sensitivity_samples, needed a
         # third tune model; its test split is never reported)
         BenchSpec("mnist-deit", "mnist5k", "deit", 96, 4, 4, 384, 7, 28, 5, 12, "tune"),
+        # A second DeiT tune model (added to check the criteria decision, which rested on one mnist-deit cell):
+        # another size and seed than the report model patches-deit, on the same patches splits (validation only)
+        BenchSpec("patches-deit-t", "patches", "deit", 96, 4, 4, 384, 6, 24, 3, 20, "tune"),
         # Architecture coverage (issue 11), never used to choose a default and not in the tune/report lists the
         # ablations loop over: an EfficientFormer (optimum-snp's family; stem stride 4, a 4x4 attention grid at 128
         # px) and a timm DeiT (`VisionTransformerDistilled`, trained in timm, then converted to transformers' DeiT).

@@ -15,12 +15,13 @@ variants: "channels" (TP's default for ViTs: one ratio r on every group -- resid
 dims, MLP units), "heads" (whole heads, ceil(r * heads) per layer, instead of head dims; residual width and MLP by r)
 and "width kept" (channels, with the residual width kept as SNP's defaults keep it: the patch-embedding convolution
 is in `ignored_layers`). SNP rows: uniform ratios `SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r)` and automatic
-allocation `SNPConfig(target_macs_ratio=keep)` (also with `round_to=8`), all with SNP's default criteria and 64
-calibration images.
+allocation `SNPConfig(target_macs_ratio=keep)` (also with `round_to=1`: exact dims, no rounding to multiples of 8),
+all with SNP's shipped defaults otherwise (criteria, least-squares refit, validated allocation) and 64 calibration
+images.
 TP has no MACs target: r is chosen by searching TP's own rounding rule (int(n * (1 - r)) kept per group,
 ceil(r * heads) heads removed) for the structure closest in MACs to the target, then the model is pruned once for
 real and its structure checked against the prediction; the same is done for SNP's uniform r. "prune (s)" is that one
-real pruning (for TP: dependency-graph tracing + importance + slicing; for SNP: calibration + scoring + slicing).
+real pruning (for TP: dependency-graph tracing + importance + slicing; for SNP: calibration + scoring + slicing + refit + the held-out choice).
 
 MACs and params are counted for every row by one counter: `optimum_snp.accounting.model_size` fed with the
 dimensions read from the module shapes (a Torch-Pruning model keeps its unpruned config, so the config-based
@@ -263,14 +264,16 @@ def closest_ratio(predict, size_fn, target: float, high: float = 0.95, step: flo
 
 
 def snp_uniform_predict(hidden: int, dims, ratio: float):
+    """The structure `SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r)` prunes to, with its default rounding."""
     from optimum_snp import SNPConfig
+    from optimum_snp.allocation import round_dims, round_kept
 
+    config = SNPConfig(qk_ratio=ratio, v_ratio=ratio, mlp_ratio=ratio)
     try:
-        return (
-            SNPConfig(qk_ratio=ratio, v_ratio=ratio, mlp_ratio=ratio).pruning_ratios(len(dims)).kept_dims(hidden, dims)
-        )
+        kept_hidden, kept = config.pruning_ratios(len(dims)).kept_dims(hidden, dims)
     except ValueError:
         return None
+    return round_kept(kept_hidden, hidden, config.round_to), round_dims(kept, dims, config.round_to)
 
 
 # ---- building the rows ------------------------------------------------------------------------------------------
@@ -308,8 +311,8 @@ def prune_rows(original, pruner, example, keeps, variants, calibration, num_cali
             ),
             ("SNP auto", SNPConfig(target_macs_ratio=keep, num_calibration_samples=num_calibration), None),
             (
-                "SNP auto, round_to=8",
-                SNPConfig(target_macs_ratio=keep, round_to=8, num_calibration_samples=num_calibration),
+                "SNP auto, round_to=1",
+                SNPConfig(target_macs_ratio=keep, round_to=1, num_calibration_samples=num_calibration),
                 None,
             ),
         ]
@@ -523,8 +526,9 @@ def main(argv=None) -> int:
     )
     print(
         "Rows: " + "; ".join(f"{v.label} (--tp-variants {v.key})" for v in variants) + "; SNP uniform = "
-        "SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r); SNP auto = SNPConfig(target_macs_ratio=keep), with "
-        "round_to=8: kept dims multiples of 8. "
+        "SNPConfig(qk_ratio=r, v_ratio=r, mlp_ratio=r); SNP auto = SNPConfig(target_macs_ratio=keep); every SNP "
+        "row with the shipped defaults otherwise (criteria, least-squares refit, validated allocation, kept dims "
+        "rounded to multiples of 8 where a group has 64+ units); round_to=1: no rounding. "
         "'ratio r' = TP's pruning_ratio (and head ratio for 'heads') or SNP's uniform ratio.",
         flush=True,
     )
