@@ -13,6 +13,7 @@ validation split (tune models) or test split (report models).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 from optimum_snp import SNPConfig, SNPPruner, apply_plan
@@ -59,12 +60,15 @@ def main(argv=None) -> int:
         label = f"{label}, {split} ({len(evaluation)} images; unpruned {top1(pruner.model):.2%})"
         for keep in args.keep:
             config = SNPConfig(target_macs_ratio=keep, criterion=criterion)
+            # pruned once per target: the refit model, and the plan it was cut with (the choices made with the
+            # refit) sliced without the refit; each seed fine-tunes its own copies
+            starts = {
+                "least-squares reconstruction": pruner.prune(config, calibration_dataset=train, show_progress=False),
+                "no reconstruction (same plan)": apply_plan(pruner.model, pruner.plan),
+            }
             for seed in args.seeds:
-                for name in ("least-squares reconstruction", "no reconstruction (same plan)"):
-                    if name.startswith("least"):
-                        student = pruner.prune(config, calibration_dataset=train, show_progress=False)
-                    else:  # the plan the refit model was cut with (the choices made with the refit), not refit
-                        student = apply_plan(pruner.model, pruner.plan)
+                for name, pruned in starts.items():
+                    student = copy.deepcopy(pruned)
                     zero_shot = top1(student)
                     start = time.perf_counter()
                     finetune(
