@@ -4,6 +4,7 @@ the main job's recipe, `optimum_snp.finetune.finetune`), top-1 on the digits tes
 
     python benchmarks/reconstruction_finetune.py [--epochs 5] [--keep 0.5 0.3] [--seeds 0 1]
         [--models embedded | BENCH NAMES | tune] [--criterion snp | v-mlp-contribution]
+        [--learning-rates 1e-4 1e-3] [--starts refit unrefit]
 
 `--models`: 'embedded' (the default: the embedded digits ViT, its test split, what the issue asks about) or bench
 models of `bench_models.py` ('tune' = all tune models), each fine-tuned on its train split and scored on its
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 
 from optimum_snp import SNPConfig, SNPPruner, apply_plan
@@ -22,6 +24,7 @@ from optimum_snp.evaluation import evaluate_accuracy
 from optimum_snp.finetune import finetune
 
 
+STARTS = {"refit": "least-squares reconstruction", "unrefit": "no reconstruction (same plan)"}
 CRITERIA = {"snp": "snp", "v-mlp-contribution": {"v": "contribution", "mlp": "contribution"}}
 
 
@@ -47,11 +50,28 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds")
     parser.add_argument("--models", nargs="+", default=["embedded"], help="'embedded', bench model names, or 'tune'")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="snp", help="SNPConfig(criterion=...)")
+    parser.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        default=[1e-3],
+        help="fine-tuning peak learning rates (default 1e-3, the main job's)",
+    )
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        choices=list(STARTS),
+        default=list(STARTS),
+        help="'refit': the least-squares reconstructed model; 'unrefit': the same plan sliced without the refit",
+    )
     args = parser.parse_args(argv)
     criterion = CRITERIA[args.criterion]
 
-    print("| model | MACs kept | start | seed | top-1 zero-shot | top-1 after fine-tuning | fine-tuning (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| model | MACs kept | start | learning rate | seed | top-1 zero-shot | top-1 after fine-tuning | "
+        "fine-tuning (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for label, pruner, train, evaluation, split in _sources(args.models):
 
         def top1(model, pruner=pruner, evaluation=evaluation):
@@ -62,30 +82,31 @@ def main(argv=None) -> int:
             config = SNPConfig(target_macs_ratio=keep, criterion=criterion)
             # pruned once per target: the refit model, and the plan it was cut with (the choices made with the
             # refit) sliced without the refit; each seed fine-tunes its own copies
-            starts = {
-                "least-squares reconstruction": pruner.prune(config, calibration_dataset=train, show_progress=False),
-                "no reconstruction (same plan)": apply_plan(pruner.model, pruner.plan),
-            }
-            for seed in args.seeds:
-                for name, pruned in starts.items():
-                    student = copy.deepcopy(pruned)
-                    zero_shot = top1(student)
-                    start = time.perf_counter()
-                    finetune(
-                        student,
-                        pruner.model,
-                        train,
-                        pruner.image_processor,
-                        epochs=args.epochs,
-                        distillation_type="soft",
-                        seed=seed,
-                        show_progress=False,
-                    )
-                    print(
-                        f"| {label} | {pruner.report['macs']['ratio']:.1%} | {name} | {seed} | {zero_shot:.2%} | "
-                        f"{top1(student):.2%} | {time.perf_counter() - start:.1f} |",
-                        flush=True,
-                    )
+            refit = pruner.prune(config, calibration_dataset=train, show_progress=False)
+            models = {"refit": refit, "unrefit": apply_plan(pruner.model, pruner.plan)}
+            starts = {STARTS[start]: models[start] for start in args.starts}
+            for seed, learning_rate, (name, pruned) in itertools.product(
+                args.seeds, args.learning_rates, starts.items()
+            ):
+                student = copy.deepcopy(pruned)
+                zero_shot = top1(student)
+                start = time.perf_counter()
+                finetune(
+                    student,
+                    pruner.model,
+                    train,
+                    pruner.image_processor,
+                    epochs=args.epochs,
+                    learning_rate=learning_rate,
+                    distillation_type="soft",
+                    seed=seed,
+                    show_progress=False,
+                )
+                print(
+                    f"| {label} | {pruner.report['macs']['ratio']:.1%} | {name} | {learning_rate:g} | {seed} | {zero_shot:.2%} | "
+                    f"{top1(student):.2%} | {time.perf_counter() - start:.1f} |",
+                    flush=True,
+                )
     return 0
 
 
