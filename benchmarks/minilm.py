@@ -197,9 +197,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--distill-corpus",
         default="lee",
-        choices=["lee", "wiki", "lee+wiki"],
+        choices=["lee", "wiki", "lee+wiki", "lee+pairs"],
         help="unlabeled distillation text: the Lee sentences outside tune/report (2,129), the gensim wheel's "
-        "Wikipedia sentences (~17.5k, text_data.wiki_sentences), or both",
+        "Wikipedia sentences (~17.5k, text_data.wiki_sentences), or both; 'lee+pairs': the Lee sentences plus, for "
+        "each, itself joined with another Lee sentence drawn at random (seed 0): synthetic text, twice the inputs",
     )
     parser.add_argument(
         "--pruned-dir",
@@ -293,7 +294,13 @@ def main(argv=None) -> int:
                 pruned.save_pretrained(saved_dir)
             if variant == args.variants[0]:
                 pruned_default[target] = pruned
-    if args.distill_corpus != "lee":
+    if args.distill_corpus == "lee+pairs":
+        generator = torch.Generator().manual_seed(0)
+        partners = torch.randint(0, len(unlabeled) - 1, (len(unlabeled),), generator=generator).tolist()
+        # another sentence than itself: indices at or above i shift by one
+        pairs = [f"{t} {unlabeled[j + (j >= i)]}" for i, (t, j) in enumerate(zip(unlabeled, partners, strict=True))]
+        unlabeled = unlabeled + pairs
+    elif args.distill_corpus != "lee":
         wiki = wiki_sentences()
         unlabeled = wiki if args.distill_corpus == "wiki" else unlabeled + wiki
     if args.distill_epochs:
