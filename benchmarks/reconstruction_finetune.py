@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             # refit) sliced without the refit; each seed fine-tunes its own copies
             refit = pruner.prune(config, calibration_dataset=train, show_progress=False)
             models = {"refit": refit, "unrefit": apply_plan(pruner.model, pruner.plan)}
-            starts = {STARTS[start]: models[start] for start in args.starts}
+            starts = {STARTS[kind]: models[kind] for kind in args.starts}
             for seed, learning_rate, (name, pruned) in itertools.product(
                 args.seeds, args.learning_rates, starts.items()
             ):
@@ -102,8 +102,9 @@ def main(argv=None) -> int:
                     seed=seed,
                     show_progress=False,
                 )
+                macs = pruner.report["macs"]["ratio"]
                 print(
-                    f"| {label} | {pruner.report['macs']['ratio']:.1%} | {name} | {learning_rate:g} | {seed} | {zero_shot:.2%} | "
+                    f"| {label} | {macs:.1%} | {name} | {learning_rate:g} | {seed} | {zero_shot:.2%} | "
                     f"{top1(student):.2%} | {time.perf_counter() - start:.1f} |",
                     flush=True,
                 )
