@@ -85,11 +85,12 @@ def main(argv=None) -> int:
             refit = pruner.prune(config, calibration_dataset=train, show_progress=False)
             models = {"refit": refit, "unrefit": apply_plan(pruner.model, pruner.plan)}
             starts = {STARTS[kind]: models[kind] for kind in args.starts}
+            zero_shots = {name: top1(pruned) for name, pruned in starts.items()}  # once per start, not per run
             for seed, learning_rate, (name, pruned) in itertools.product(
                 args.seeds, args.learning_rates, starts.items()
             ):
                 student = copy.deepcopy(pruned)
-                zero_shot = top1(student)
+                zero_shot = zero_shots[name]
                 start = time.perf_counter()
                 finetune(
                     student,
