@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--choice", default="allocation", choices=["allocation", "qk"])
+    parser.add_argument("--rows-out", default=None, help="--choice qk: torch.save every cell's per-image rows there")
     args = parser.parse_args(argv)
     names = {"tune": tuning_models(), "report": report_models(), "all": list(BENCH)}[args.models]
     if args.choice == "qk":
@@ -127,6 +128,7 @@ def qk_choice(names: list[str], args) -> int:
         "p (attention_kl lower) | argmin | paired |\n|---|---|---|---|---|---|---|"
     )
     totals = {rule: {"kl": 0.0, "top1": 0.0, "above": 0} for rule in ("argmin", "paired")}
+    saved = []
     cells = QK_CELLS + [(f"default, {t:.0%} MACs", dict(target_macs_ratio=t)) for t in args.targets]
     for name in names:
         bench = Bench(name, args.samples, args.seed)
@@ -138,12 +140,15 @@ def qk_choice(names: list[str], args) -> int:
             assert len(tried) == len(rec.models) == len(rec.rows), (len(tried), len(rec.models), len(rec.rows))
             chosen = bench.pruner.report["allocation"]["chosen"]
             index = {t["qk_criterion"]: i for i, t in enumerate(tried) if t["allocation"] == chosen}
+            if "magnitude" not in index:  # the chosen dims keep every query/key dim: nothing to choose
+                index["magnitude"] = index["attention_kl"]
             a, m = index["attention_kl"], index["magnitude"]
             held = {k: float(rec.rows[i].mean()) for k, i in index.items()}
             evals = {k: bench.evaluator(rec.models[i]) for k, i in index.items()}
-            better, p = paired_better(rec.rows[a], rec.rows[m])
+            better, p = paired_better(rec.rows[a], rec.rows[m]) if a != m else (True, float("nan"))
+            saved.append(dict(model=name, cell=label, rows={k: rec.rows[i] for k, i in index.items()}, evals=evals))
             picks = {
-                "argmin": "attention_kl" if held["attention_kl"] < held["magnitude"] else "magnitude",
+                "argmin": "attention_kl" if held["attention_kl"] <= held["magnitude"] else "magnitude",
                 "paired": "attention_kl" if better else "magnitude",
             }
             assert picks["argmin"] == bench.pruner.report["criteria"]["qk"], (picks, bench.pruner.report["criteria"])
@@ -158,6 +163,10 @@ def qk_choice(names: list[str], args) -> int:
             ]
             print(f"| {bench.label} | {label} ({chosen}) | {parts[0]} | {parts[1]} | {p:.3f} | {picks['argmin']} | "
                   f"{picks['paired']} |", flush=True)  # fmt: skip
+    if args.rows_out:
+        import torch
+
+        torch.save(saved, args.rows_out)
     for rule, t in totals.items():
         print(
             f"\n{rule}: summed eval KL {t['kl']:.3f} over all cells; summed top-1 {t['top1']:.1%} over the default "
