@@ -18,6 +18,7 @@ Tables:
     refit    the refit's target (each projection's output, or its sum with the residual) and ridge (default or 'cv')
     sensitivity  the measured per-(layer, group) loss curves (allocation='sensitivity') as one more candidate of the
              validated allocation (the text default), and alone, against the default
+    qk_output  the default prune with query/key by attention_output or magnitude alone (one refit) against the default
     sensitivity_samples  the held-out samples each sensitivity cut is measured on: all, 32, 16
 
     python benchmarks/ablation.py                      # everything (about 25 minutes on 2 cores)
@@ -46,6 +47,7 @@ QK_CRITERIA = [
     "validated",
     "attention",
     "attention_kl",
+    "attention_output",
     "attention_iterative",
     "logits",
     "qk_norm",
@@ -123,13 +125,13 @@ class Bench:
         return result
 
 
-def qk_table(benches: list[Bench]) -> None:
+def qk_table(benches: list[Bench], criteria=None) -> None:
     levels = (0.5, 0.75)
     for reconstruct in ("none", "least_squares"):
         header = ["model", "criterion"] + [f"{p:.0%} removed: top-1 / KL" for p in levels]
         table(f"Query/key pruned alone, reconstruct={reconstruct} (top-1 zero-shot / logit KL)", header)
         for bench in benches:
-            for criterion in QK_CRITERIA:
+            for criterion in criteria or QK_CRITERIA:
                 results = [bench.run(criterion={"qk": criterion}, qk_ratio=p, reconstruct=reconstruct) for p in levels]
                 cells = [cell(r) + (f" ({r['qk']})" if criterion == "validated" else "") for r in results]
                 row([bench.label, criterion, *cells])
@@ -349,6 +351,20 @@ def variants_table(benches: list[Bench], title: str, variants: dict[str, dict]) 
     print()
 
 
+def qk_output_table(benches: list[Bench]) -> None:
+    """The default (query/key chosen between attention_kl and magnitude by two refits) against attention_output and
+    weight magnitude alone (one refit each), all groups to 50% / 30% MACs, everything else default."""
+    variants_table(
+        benches,
+        "Query/key criterion of the default prune: validated (default) against attention_output and magnitude alone",
+        {
+            "validated (default)": {},
+            "attention_output": {"criterion": {"qk": "attention_output"}},
+            "magnitude": {"criterion": {"qk": "magnitude"}},
+        },
+    )
+
+
 def sensitivity_table(benches: list[Bench]) -> None:
     """The validated allocation without and with the sensitivity candidate, and allocation='sensitivity' alone
     (every cut measured on all held-out images, as when the candidate was chosen)."""
@@ -396,6 +412,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tables", nargs="+", default=["goals", "qk", "main", "ridge"])
     parser.add_argument("--samples", type=int, default=64, help="calibration images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--qk-criteria", nargs="+", default=None, choices=QK_CRITERIA, help="the 'qk' table's criteria (default: all)"
+    )
     args = parser.parse_args(argv)
     names = []
     for item in args.models:
@@ -411,7 +430,7 @@ def main(argv=None) -> int:
     tables = {
         "goals": goals_table,
         "validation": validation_table,
-        "qk": qk_table,
+        "qk": lambda chosen: qk_table(chosen, args.qk_criteria),
         "main": main_table,
         "ridge": ridge_table,
         "groups": groups_table,
@@ -419,6 +438,7 @@ def main(argv=None) -> int:
         "rounding": rounding_table,
         "refit": refit_table,
         "qk_choice": qk_choice_table,
+        "qk_output": qk_output_table,
         "sensitivity": sensitivity_table,
         "sensitivity_samples": sensitivity_samples_table,
         "criteria": criteria_table,

@@ -22,6 +22,7 @@ CRITERIA = {
         "attention",
         "attention_iterative",
         "attention_kl",
+        "attention_output",
         "logits",
         "svd",
         "svd_centered",

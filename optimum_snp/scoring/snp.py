@@ -19,6 +19,12 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
                     E(R) = 1_R^T M 1_R with M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) (a d x d matrix per
                     head, summed over images; at most QUERY_SAMPLE query rows per image); pairs removed greedily, as
                     for "logits".
+    "attention_output"  the second-order change of what the attention block adds to the residual stream when a SET R
+                    of pairs is removed: the first-order change of row t of the attention output through o_proj,
+                    dO_t = W_o V^T (A_t * (dS_t - <A_t, dS_t>)), so E(R) = sum_t ||dO_t||^2 = 1_R^T M 1_R with
+                    M_ij = s^2 sum_t q_i[t] q_j[t] <U_t[:, i], U_t[:, j]>, U_t = L^T V^T diag(A_t) (K - 1 <A_t, K>)
+                    (L L^T = W_o,h^T W_o,h per head): attention_kl's Fisher metric replaced by what the value vectors
+                    and the output projection make of the change; same query-row sample, greedy removal
     "logits"        the change of the row-centred logits when a SET R of pairs is removed, exactly:
                     E(R) = s^2 ||sum_{i in R} q_i (k_i - mean_u k_i)^T||_F^2 = s^2 1_R^T (Q^T Q * Kc^T Kc) 1_R,
                     summed over images (a d x d matrix per head); pairs are removed greedily, each time the one
@@ -66,6 +72,7 @@ class _LayerStats:
         self.dims = dims
         self.q = None
         self.k = None
+        self.v = None  # "attention_output" only
         self.qk_kept = torch.ones(dims.num_heads, dims.qk_head_dim, dtype=torch.bool)  # attention_iterative
         self.qk_removed_at = torch.full((dims.num_heads, dims.qk_head_dim), -1)  # pass that removed each pair
         self.qk_removed_score = torch.zeros(dims.num_heads, dims.qk_head_dim, dtype=torch.float64)
@@ -105,6 +112,10 @@ class SNPStatistics:
                 self._handles += [
                     mods["q_proj"].register_forward_hook(self._keep("q", stats)),
                     mods["k_proj"].register_forward_hook(self._keep("k", stats)),
+                ]
+                if self.criteria["qk"] == "attention_output":
+                    self._handles.append(mods["v_proj"].register_forward_hook(self._keep("v", stats)))
+                self._handles += [
                     mods["o_proj"].register_forward_pre_hook(self._attention_hook(idx, stats, mods)),
                 ]
         if self.criteria["hidden"] == "contribution":
@@ -124,7 +135,7 @@ class SNPStatistics:
             handle.remove()
         self._handles = []
         for stats in self.layers:
-            stats.q = stats.k = None
+            stats.q = stats.k = stats.v = None
 
     @staticmethod
     def _check_finite(tensor: torch.Tensor, where: str):
@@ -174,15 +185,22 @@ class SNPStatistics:
                 "attention",
                 "attention_iterative",
                 "attention_kl",
+                "attention_output",
                 "svd",
                 "svd_centered",
                 "qk_norm",
                 "logits",
             ):
                 self._qk_stats(
-                    stats, self.adapter.attention_scaling(idx), batch, tokens, self.adapter.attention_bias(idx), idx
+                    stats,
+                    self.adapter.attention_scaling(idx),
+                    batch,
+                    tokens,
+                    self.adapter.attention_bias(idx),
+                    idx,
+                    out_factor=self._out_factor(idx, mods, d) if self.criteria["qk"] == "attention_output" else None,
                 )
-            stats.q = stats.k = None
+            stats.q = stats.k = stats.v = None
             if self._qk_only:
                 return
             o = out.view(batch, tokens, d.num_heads, d.v_head_dim)
@@ -214,24 +232,42 @@ class SNPStatistics:
         """Per image (by its index in the calibration data, so that batching does not matter) and layer."""
         return [(self.seed * 1_000_003 + layer_idx) * 1_000_003 + i for i in images]
 
-    def _qk_stats(self, stats, scaling, batch, tokens, bias=None, layer_idx=0):
+    def _out_factor(self, idx: int, mods: dict, d) -> torch.Tensor:
+        """(H, d_v, d_v) per head a factor F with F F^T = W_o,h^T W_o,h (the output projection's metric on the head's
+        value dims, rows scaled as the residual stream sees them): `V F` carries `W_o`'s norm into the statistic."""
+        w = mods["o_proj"].weight.detach().float()
+        scale = self.adapter.output_scale(idx, "o_proj")
+        if scale is not None:
+            w = w * scale.detach().float().to(w.device)[:, None]
+        w = w.view(-1, d.num_heads, d.v_head_dim)
+        gram = torch.einsum("khi,khj->hij", w, w).double()
+        values, vectors = torch.linalg.eigh(gram)  # symmetric PSD: F = Q diag(sqrt(lambda))
+        return (vectors * values.clamp_min(0).sqrt()[:, None, :]).float()
+
+    def _qk_stats(self, stats, scaling, batch, tokens, bias=None, layer_idx=0, out_factor=None):
         d = stats.dims
         q = stats.q.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)  # (B, H, N, d)
         k = stats.k.float().view(batch, tokens, d.num_heads, d.qk_head_dim).transpose(1, 2)
+        v = None
+        if out_factor is not None:  # "attention_output": the values, times the output projection's factor
+            v = stats.v.float().view(batch, tokens, d.num_heads, d.v_head_dim).transpose(1, 2)
+            v = v @ out_factor.to(v.device)
         if bias is not None:
             bias = bias.detach().float().to(q.device)
         first = self.num_images  # index of the batch's first image (counted after the forward pass)
         if self._mask is None:
-            self._qk_stats_of(stats, scaling, q, k, bias, self._row_seeds(layer_idx, range(first, first + batch)))
+            seeds = self._row_seeds(layer_idx, range(first, first + batch))
+            self._qk_stats_of(stats, scaling, q, k, bias, seeds, v)
             return
         # padded batch: each sequence on its real tokens alone, as if it had been run by itself
         for b in range(batch):
             real = self._mask[b]
             b_bias = bias[:, real][:, :, real] if bias is not None else None
             seeds = self._row_seeds(layer_idx, range(first + b, first + b + 1))
-            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real], b_bias, seeds)
+            b_v = v[b : b + 1, :, real] if v is not None else None
+            self._qk_stats_of(stats, scaling, q[b : b + 1, :, real], k[b : b + 1, :, real], b_bias, seeds, b_v)
 
-    def _qk_stats_of(self, stats, scaling, q, k, bias=None, row_seeds=None):
+    def _qk_stats_of(self, stats, scaling, q, k, bias=None, row_seeds=None, v=None):
         crit = self.criteria["qk"]
         if crit == "qk_norm":
             stats.add("qk", (q.pow(2).sum(2).sqrt() * k.pow(2).sum(2).sqrt()).sum(0))
@@ -243,6 +279,9 @@ class SNPStatistics:
             stats.add("qk", attention_change_scores(q * kept, k * kept, scaling, bias).sum(0))
         elif crit == "attention_kl":
             gram = attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds)
+            stats.add("qk_gram", gram.sum(0))
+        elif crit == "attention_output":
+            gram = attention_output_gram(q, k, v, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds)
             stats.add("qk_gram", gram.sum(0))
         elif crit == "logits":
             kc = k - k.mean(-2, keepdim=True)  # softmax ignores a per-row constant: centre over keys
@@ -393,6 +432,27 @@ def _probs(q: torch.Tensor, k: torch.Tensor, scaling: float, bias: torch.Tensor 
     return (logits if bias is None else logits + bias).softmax(-1)
 
 
+def _query_rows(q: torch.Tensor, bias: torch.Tensor | None, max_queries: int | None, row_seeds: list[int] | None):
+    """(q, bias, scale) restricted to `max_queries` query rows per image (all of them when there are fewer): drawn at
+    random, image b's from `row_seeds[b]`, else evenly spaced; `scale` = N / rows scales the sums up to all rows."""
+    batch, heads, tokens, dim = q.shape
+    if max_queries is None or tokens <= max_queries:
+        return q, bias, 1.0
+    if row_seeds is None:
+        rows = torch.linspace(0, tokens - 1, max_queries).round().long().expand(batch, max_queries)
+    else:
+        rows = torch.stack(
+            [
+                torch.randperm(tokens, generator=torch.Generator().manual_seed(seed))[:max_queries].sort().values
+                for seed in row_seeds
+            ]
+        )
+    rows = rows.to(q.device)
+    q = q.gather(2, rows[:, None, :, None].expand(batch, heads, max_queries, dim))
+    bias = bias[:, rows].transpose(0, 1) if bias is not None else None  # (B, H, T, N)
+    return q, bias, tokens / max_queries
+
+
 def attention_kl_gram(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -405,22 +465,7 @@ def attention_kl_gram(
     attention rows when the pairs R are removed. q, k: (B, H, N, d); `bias` (H, N, N) is added to the logits. With
     `max_queries`, a subset of that many query rows per image (scaled up to all N): drawn at random, image b's from
     `row_seeds[b]` (an unbiased estimate of the sum over all rows), else evenly spaced. Returns (B, H, d, d)."""
-    batch, heads, tokens, dim = q.shape
-    scale = 1.0
-    if max_queries is not None and tokens > max_queries:  # only the sampled rows' probabilities are computed
-        if row_seeds is None:
-            rows = torch.linspace(0, tokens - 1, max_queries).round().long().expand(batch, max_queries)
-        else:
-            rows = torch.stack(
-                [
-                    torch.randperm(tokens, generator=torch.Generator().manual_seed(seed))[:max_queries].sort().values
-                    for seed in row_seeds
-                ]
-            )
-        rows = rows.to(q.device)
-        q = q.gather(2, rows[:, None, :, None].expand(batch, heads, max_queries, dim))
-        bias = bias[:, rows].transpose(0, 1) if bias is not None else None  # (B, H, T, N)
-        scale = tokens / max_queries
+    q, bias, scale = _query_rows(q, bias, max_queries, row_seeds)
     probs = _probs(q, k, scaling, bias)  # (B, H, T, N)
     mean_k = probs @ k  # (B, H, T, d): E_{A_t}[k]
     # sum_{t,u} A_tu z_tu z_tu^T with z_tu = q_t * k_u: one (T*N, d) Gram matrix per head, a head of an image at a
@@ -435,6 +480,35 @@ def attention_kl_gram(
     qm = q * mean_k
     first = qm.transpose(-1, -2) @ qm
     return (scaling**2) * scale * (second - first)
+
+
+def attention_output_gram(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scaling: float,
+    max_queries: int | None = None,
+    bias: torch.Tensor | None = None,
+    row_seeds: list[int] | None = None,
+):
+    """M_ij = s^2 sum_t q_i[t] q_j[t] <U_t[:, i], U_t[:, j]> per head, U_t = V^T diag(A_t) (K - 1 <A_t, K>): 1_R^T M 1_R
+    is the squared first-order change of the attention output (rows t, summed) when the pairs R are removed. q, k:
+    (B, H, N, d); v: (B, H, N, d_v) (times a factor of the output projection's metric, for the block's output);
+    `bias`, `max_queries` and `row_seeds` as for `attention_kl_gram`. Returns (B, H, d, d)."""
+    q, bias, scale = _query_rows(q, bias, max_queries, row_seeds)
+    probs = _probs(q, k, scaling, bias)  # (B, H, T, N)
+    mean_k = probs @ k  # (B, H, T, d): <A_t, K>
+    mean_v = probs @ v  # (B, H, T, d_v): V^T A_t
+    gram = torch.empty(*q.shape[:2], q.shape[-1], q.shape[-1], dtype=q.dtype, device=q.device)
+    for b in range(q.shape[0]):  # a head of an image at a time, as for attention_kl_gram
+        for h in range(q.shape[1]):
+            # U_t = V^T diag(A_t) K - (V^T A_t) <A_t, K>^T: (T, d_v, d)
+            u = (probs[b, h][:, None, :] * v[b, h].T[None]) @ k[b, h]
+            u -= mean_v[b, h][:, :, None] * mean_k[b, h][:, None, :]
+            u.mul_(q[b, h][:, None, :])  # column i times q_i[t]
+            u = u.reshape(-1, u.shape[-1])
+            gram[b, h] = u.T @ u
+    return (scaling**2) * scale * gram
 
 
 def greedy_removal_scores(gram: torch.Tensor) -> torch.Tensor:
