@@ -8,6 +8,7 @@ from optimum_snp.plan import greedy_redundancy_keep
 from optimum_snp.scoring.snp import (
     attention_change_scores,
     attention_kl_gram,
+    attention_output_gram,
     greedy_removal_scores,
     snp_scores,
     svd_share_scores,
@@ -198,3 +199,36 @@ def test_attention_kl_gram_random_query_rows_estimate_all_rows_without_bias():
     pair = attention_kl_gram(q.expand(2, -1, -1, -1), k.expand(2, -1, -1, -1), 0.5, 4, bias, row_seeds=[1, 2])
     assert not torch.allclose(pair[0], pair[1])
     assert torch.equal(pair[0], attention_kl_gram(q, k, 0.5, 4, bias, row_seeds=[1])[0])
+
+
+def test_attention_output_gram_is_the_squared_change_of_the_blocks_output():
+    torch.manual_seed(3)
+    heads, tokens, dim, dim_v, hidden = 2, 6, 4, 3, 5
+    q, k = _qk(5, heads=heads, tokens=tokens, dim=dim)
+    v = torch.randn(heads, tokens, dim_v, dtype=torch.float64)
+    w = torch.randn(hidden, heads, dim_v, dtype=torch.float64)  # the output projection, columns by (head, value dim)
+    # the factor the statistics give the values per head: F F^T = W_o,h^T W_o,h
+    values, vectors = torch.linalg.eigh(torch.einsum("khi,khj->hij", w, w))
+    factor = vectors * values.clamp_min(0).sqrt()[:, None, :]
+    s = 0.7
+    gram = attention_output_gram(q[None], k[None], (v @ factor)[None], s)[0]
+    removed = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    eps = 1e-4  # a small removal: the head's output change through W_o is ~ eps^2 1_R^T M_h 1_R
+    for h in range(heads):
+        before = (s * q[h] @ k[h].T).softmax(-1) @ v[h] @ w[:, h].T
+        after = (s * (q[h] * (1 - eps * removed)) @ k[h].T).softmax(-1) @ v[h] @ w[:, h].T
+        change = (after - before).pow(2).sum().item()
+        assert change == pytest.approx(eps**2 * (removed @ gram[h] @ removed).item(), rel=1e-3)
+        assert change > 0
+    # the query subsample is an unbiased rescaling when every row is kept
+    full = attention_output_gram(q[None], k[None], v[None], s)
+    assert torch.allclose(attention_output_gram(q[None], k[None], v[None], s, max_queries=tokens), full)
+
+
+def test_attention_output_criterion_weights_pairs_by_what_the_values_carry():
+    """Unlike attention_kl (probabilities only), a head whose values are all equal loses nothing when its attention
+    changes: attention_output scores all its pairs 0."""
+    q, k = _qk(6, heads=1, tokens=5, dim=3)
+    v = torch.ones(1, 5, 2, dtype=torch.float64)
+    assert attention_output_gram(q[None], k[None], v[None], 0.5).abs().max() < 1e-12
+    assert attention_kl_gram(q[None], k[None], 0.5).abs().max() > 1e-3

@@ -95,12 +95,13 @@ def test_size_matches_parameters_and_flop_counter(family, cls, tokenizer):
         assert size.macs == counter.get_total_flops() // 2, type(m).__name__
 
 
-def test_padded_batch_scores_equal_one_by_one(tokenizer):
+@pytest.mark.parametrize("qk", ["attention_kl", "attention_output"])
+def test_padded_batch_scores_equal_one_by_one(tokenizer, qk):
     model = _model("bert", BertForSequenceClassification)
     texts = sentences(4, seed=7)
     padded = [encode(tokenizer, texts)]
     single = [encode(tokenizer, [t]) for t in texts]
-    criteria = {"qk": "attention_kl", "v": "redundancy", "mlp": "contribution", "hidden": "magnitude",
+    criteria = {"qk": qk, "v": "redundancy", "mlp": "contribution", "hidden": "magnitude",
                 "heads": "contribution"}  # fmt: skip
     a, b = snp_scores(model, padded, criteria, show_progress=False), snp_scores(model, single, criteria,
                                                                                 show_progress=False)  # fmt: skip
