@@ -47,6 +47,7 @@ QK_CRITERIA = [
     "validated",
     "attention",
     "attention_kl",
+    "attention_kl_cls",
     "attention_output",
     "attention_iterative",
     "logits",

@@ -22,6 +22,7 @@ CRITERIA = {
         "attention",
         "attention_iterative",
         "attention_kl",
+        "attention_kl_cls",
         "attention_output",
         "logits",
         "svd",

@@ -232,3 +232,33 @@ def test_attention_output_criterion_weights_pairs_by_what_the_values_carry():
     v = torch.ones(1, 5, 2, dtype=torch.float64)
     assert attention_output_gram(q[None], k[None], v[None], 0.5).abs().max() < 1e-12
     assert attention_kl_gram(q[None], k[None], 0.5).abs().max() > 1e-3
+
+
+def test_attention_kl_cls_counts_the_rows_the_classifier_reads_again():
+    q, k = _qk(7, heads=2, tokens=6, dim=4)
+    q, k = q[None], k[None]
+    s, read = 0.6, 2
+    gram = attention_kl_gram(q, k, s, read_tokens=read)[0]
+    removed = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    eps = 1e-3
+    for h in range(2):
+        a = (s * q[0, h] @ k[0, h].T).softmax(-1)
+        b = (s * (q[0, h] * (1 - eps * removed)) @ k[0, h].T).softmax(-1)
+        kl = (a * (a.log() - b.log())).sum(-1)  # per row
+        weighted = kl.sum() + kl[:read].sum() * (6 / read)  # the read rows weigh as much as all rows together
+        assert weighted.item() == pytest.approx(0.5 * eps**2 * (removed @ gram[h] @ removed).item(), rel=1e-2)
+    assert torch.equal(attention_kl_gram(q, k, s, read_tokens=0), attention_kl_gram(q, k, s))
+
+
+@pytest.mark.parametrize(("kind", "read"), [("vit", 1), ("vit-base", 0), ("deit", 1), ("deit-teacher", 2)])
+def test_attention_kl_cls_reads_the_tokens_the_head_reads(kind, read):
+    from optimum_snp.adapters import get_adapter
+
+    model = tiny_model(kind)
+    assert get_adapter(model).read_tokens() == read
+    batches = [pixel_values(4, seed=2)]
+    criteria = {**SNPConfig().criterion_per_group(), "qk": "attention_kl_cls"}
+    cls = snp_scores(model, batches, criteria, show_progress=False)
+    plain = snp_scores(model, batches, {**criteria, "qk": "attention_kl"}, show_progress=False)
+    same = all(torch.equal(a.qk, b.qk) for a, b in zip(cls.layers, plain.layers, strict=True))
+    assert same == (read == 0)

@@ -239,6 +239,11 @@ class ArchitectureAdapter:
             for k, v in inputs.items()
         }
 
+    def read_tokens(self) -> int:
+        """How many leading tokens' outputs the task head reads (a class token: 1); 0 when it reads every token (a
+        base model's hidden states, a pooled embedding). `criterion={"qk": "attention_kl_cls"}` weights those rows."""
+        return 0
+
     def token_mask(self, batch) -> torch.Tensor | None:
         """(batch, tokens) bool mask of the real (not padding) tokens of a batch, or None when all are real."""
         if isinstance(batch, dict) and batch.get("attention_mask") is not None:

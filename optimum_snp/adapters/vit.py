@@ -64,6 +64,13 @@ class ViTAdapter(ImageAdapterMixin, ArchitectureAdapter):
     # summed KL and no lower summed top-1.
     default_criteria = {"v": "magnitude", "mlp": "magnitude"}
 
+    def read_tokens(self) -> int:
+        """The classifiers read the class token (DeiT with teacher: class and distillation tokens); a base model's
+        output is every token."""
+        if self.class_name.endswith("Model"):
+            return 0
+        return 2 if self.class_name.endswith("WithTeacher") else 1
+
     # ---- modules ------------------------------------------------------------------------------------------
     @property
     def prefix(self) -> str:

@@ -19,6 +19,10 @@ Query/key criteria (per head, per filter i; Q, K are the head's N x d query/key 
                     E(R) = 1_R^T M 1_R with M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) (a d x d matrix per
                     head, summed over images; at most QUERY_SAMPLE query rows per image); pairs removed greedily, as
                     for "logits".
+    "attention_kl_cls"  "attention_kl" with the rows the task head reads (the class token; DeiT with teacher: class and
+                    distillation tokens) counted again, so that together they weigh as much as all rows: an average
+                    row's attention is not what a classifier reads (README). Where the head reads every token (base
+                    models, pooled embeddings) it is "attention_kl".
     "attention_output"  the second-order change of what the attention block adds to the residual stream when a SET R
                     of pairs is removed: the first-order change of row t of the attention output through o_proj,
                     dO_t = W_o V^T (A_t * (dS_t - <A_t, dS_t>)), so E(R) = sum_t ||dO_t||^2 = 1_R^T M 1_R with
@@ -93,6 +97,7 @@ class SNPStatistics:
         if criteria.get("qk") in VALIDATED_QK:  # compared with magnitude: attention_kl
             criteria = {**criteria, "qk": "attention_kl"}
         self.criteria = criteria
+        self.read_tokens = self.adapter.read_tokens()  # "attention_kl_cls"
         self.qk_rank = qk_rank
         self.num_images = 0
         self.layers = [_LayerStats(d) for d in self.adapter.layer_dims()]
@@ -185,6 +190,7 @@ class SNPStatistics:
                 "attention",
                 "attention_iterative",
                 "attention_kl",
+                "attention_kl_cls",
                 "attention_output",
                 "svd",
                 "svd_centered",
@@ -277,8 +283,9 @@ class SNPStatistics:
         elif crit == "attention_iterative":
             kept = stats.qk_kept.to(q.device, q.dtype)[None, :, None, :]  # (1, H, 1, d)
             stats.add("qk", attention_change_scores(q * kept, k * kept, scaling, bias).sum(0))
-        elif crit == "attention_kl":
-            gram = attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds)
+        elif crit in ("attention_kl", "attention_kl_cls"):
+            read = self.read_tokens if crit == "attention_kl_cls" else 0
+            gram = attention_kl_gram(q, k, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds, read_tokens=read)
             stats.add("qk_gram", gram.sum(0))
         elif crit == "attention_output":
             gram = attention_output_gram(q, k, v, scaling, QUERY_SAMPLE, bias, row_seeds=row_seeds)
@@ -460,11 +467,20 @@ def attention_kl_gram(
     max_queries: int | None = None,
     bias: torch.Tensor | None = None,
     row_seeds: list[int] | None = None,
+    read_tokens: int = 0,
 ):
     """M_ij = s^2 sum_t q_i[t] q_j[t] Cov_{A_t}(k_i, k_j) per head: 1_R^T M 1_R is twice the second-order KL of the
     attention rows when the pairs R are removed. q, k: (B, H, N, d); `bias` (H, N, N) is added to the logits. With
     `max_queries`, a subset of that many query rows per image (scaled up to all N): drawn at random, image b's from
-    `row_seeds[b]` (an unbiased estimate of the sum over all rows), else evenly spaced. Returns (B, H, d, d)."""
+    `row_seeds[b]` (an unbiased estimate of the sum over all rows), else evenly spaced. With `read_tokens` = r > 0,
+    the first r rows (those a classifier reads) are added again, all of them, times N / r: together they weigh as
+    much as all rows. Returns (B, H, d, d)."""
+    if read_tokens:
+        read = attention_kl_gram(
+            q[:, :, :read_tokens], k, scaling, bias=None if bias is None else bias[:, :read_tokens]
+        )
+        rows = attention_kl_gram(q, k, scaling, max_queries, bias, row_seeds)
+        return rows + read * (q.shape[2] / read_tokens)
     q, bias, scale = _query_rows(q, bias, max_queries, row_seeds)
     probs = _probs(q, k, scaling, bias)  # (B, H, T, N)
     mean_k = probs @ k  # (B, H, T, d): E_{A_t}[k]
