@@ -416,7 +416,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--qk-criteria", nargs="+", default=None, choices=QK_CRITERIA, help="the 'qk' table's criteria (default: all)"
     )
+    parser.add_argument(
+        "--validated-qk",
+        default=None,
+        choices=QK_CRITERIA,
+        help="the data-driven criterion 'validated' compares with magnitude (optimum_snp.config.VALIDATED_SNP_QK; "
+        "default: the shipped one)",
+    )
     args = parser.parse_args(argv)
+    if args.validated_qk:
+        import optimum_snp.config
+
+        optimum_snp.config.VALIDATED_SNP_QK = args.validated_qk
     names = []
     for item in args.models:
         names += {"tune": tuning_models(), "report": report_models(), "all": tuning_models() + report_models()}.get(

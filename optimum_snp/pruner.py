@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from . import config as _config
 from .accounting import architecture_of, model_size_of
 from .adapters import adapter_class_for, get_adapter, supported_model_classes
 from .adapters.timm import (
@@ -280,7 +281,8 @@ class SNPPruner:
         """(scores, query/key scores per criterion to choose among, the refit's target cache, the recorder of the
         unpruned outputs): one pass of the unpruned model over the calibration batches records all of them."""
         validated_qk = criteria["qk"] in VALIDATED_QK
-        scoring_criteria = {**criteria, "qk": "attention_kl"} if validated_qk else criteria
+        snp_qk = _config.VALIDATED_SNP_QK  # what 'validated' compares with weight magnitude
+        scoring_criteria = {**criteria, "qk": snp_qk} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = (
             TargetCache(self.model, len(batches), config.refit_target)
@@ -308,7 +310,7 @@ class SNPPruner:
         if validated_qk:
             magnitude = scores_to_cpu(magnitude_scores(self.model))
             qk_variants = {
-                "attention_kl": scores,
+                snp_qk: scores,
                 "magnitude": replace(
                     scores,
                     layers=[replace(ls, qk=m.qk) for ls, m in zip(scores.layers, magnitude.layers, strict=True)],

@@ -308,7 +308,13 @@ def test_validated_allocation_keeps_the_best_candidate_uniform_included(data, ke
     assert model_size_of(pruned).macs == best["macs"]
 
 
-def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude_on_held_out_images(data):
+@pytest.mark.parametrize("snp_qk", ["attention_kl", "attention_kl_cls"])
+def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magnitude_on_held_out_images(
+    data, monkeypatch, snp_qk
+):
+    import optimum_snp.config
+
+    monkeypatch.setattr(optimum_snp.config, "VALIDATED_SNP_QK", snp_qk)  # the candidate compared with magnitude
     model = tiny_model("vit", seed=4)
     pruner = SNPPruner.from_pretrained(model)
     # the criterion is chosen on held-out images, for the whole model (here with bias compensation)
@@ -317,7 +323,7 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     )
     pruner.prune(config, calibration_dataset=data, show_progress=False)
     tried = pruner.report["allocation"]["candidates"]
-    assert [c["qk_criterion"] for c in tried] == ["attention_kl", "magnitude"]
+    assert [c["qk_criterion"] for c in tried] == [snp_qk, "magnitude"]
     best = min(tried, key=lambda c: c["divergence"])
     assert pruner.report["criteria"]["qk"] == best["qk_criterion"]
     assert pruner.plan.metadata["criteria"]["qk"] == best["qk_criterion"]

@@ -50,6 +50,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .. import config as _config
 from ..adapters import get_adapter
 from ..config import VALIDATED_QK
 from .base import GroupScores, LayerScores
@@ -95,7 +96,7 @@ class SNPStatistics:
         self.seed = seed  # with the layer and the image's index, seeds the query rows "attention_kl" samples
         self.adapter = get_adapter(model)
         if criteria.get("qk") in VALIDATED_QK:  # compared with magnitude: attention_kl
-            criteria = {**criteria, "qk": "attention_kl"}
+            criteria = {**criteria, "qk": _config.VALIDATED_SNP_QK}
         self.criteria = criteria
         self.read_tokens = self.adapter.read_tokens()  # "attention_kl_cls"
         self.qk_rank = qk_rank
