@@ -51,7 +51,7 @@ SNP_DEFAULTS = {
 }
 
 
-# query/key criteria that choose between attention_kl and weight magnitude on the calibration data
+# query/key criteria that choose between VALIDATED_SNP_QK (attention_kl) and weight magnitude on the calibration data
 VALIDATED_QK = ("validated", "validated_per_layer", "validated_before_refit")
 # the data-driven criterion those compare with weight magnitude (read when prune() runs: benchmarks set it to compare
 # another candidate, e.g. "attention_kl_cls", under the same rules)

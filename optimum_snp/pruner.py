@@ -282,6 +282,12 @@ class SNPPruner:
         unpruned outputs): one pass of the unpruned model over the calibration batches records all of them."""
         validated_qk = criteria["qk"] in VALIDATED_QK
         snp_qk = _config.VALIDATED_SNP_QK  # what 'validated' compares with weight magnitude
+        choices = [c for c in _config.CRITERIA["qk"] if c not in (*VALIDATED_QK, "snp", "magnitude", "random")]
+        if validated_qk and snp_qk not in choices:
+            raise ValueError(
+                f"optimum_snp.config.VALIDATED_SNP_QK={snp_qk!r} is not a data-driven query/key criterion to compare "
+                f"with weight magnitude; set it to one of {choices} (the shipped one is 'attention_kl')."
+            )
         scoring_criteria = {**criteria, "qk": snp_qk} if validated_qk else criteria
         # the refit's targets (the unpruned model's projection outputs) are recorded during the scoring pass
         cache = (

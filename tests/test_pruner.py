@@ -349,6 +349,10 @@ def test_validated_query_key_criterion_keeps_the_better_of_attention_kl_and_magn
     )
     assert len(pruner.report["allocation"]["candidates"]) == 1
     assert pruner.report["allocation"]["candidates"][0]["divergence"] is None
+    # a candidate 'validated' cannot compare with magnitude is refused before the scoring pass
+    monkeypatch.setattr(optimum_snp.config, "VALIDATED_SNP_QK", "magnitude")
+    with pytest.raises(ValueError, match="VALIDATED_SNP_QK='magnitude'.*attention_kl_cls"):
+        pruner.prune(config, calibration_dataset=data, show_progress=False)
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ class SNPStatistics:
         self.model = model
         self.seed = seed  # with the layer and the image's index, seeds the query rows "attention_kl" samples
         self.adapter = get_adapter(model)
-        if criteria.get("qk") in VALIDATED_QK:  # compared with magnitude: attention_kl
+        if criteria.get("qk") in VALIDATED_QK:  # compared with magnitude: config.VALIDATED_SNP_QK (attention_kl)
             criteria = {**criteria, "qk": _config.VALIDATED_SNP_QK}
         self.criteria = criteria
         self.read_tokens = self.adapter.read_tokens()  # "attention_kl_cls"
