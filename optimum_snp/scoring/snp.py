@@ -78,6 +78,7 @@ class _LayerStats:
         self.q = None
         self.k = None
         self.v = None  # "attention_output" only
+        self.out_factor = None  # "attention_output": from o_proj's weights, computed once per pass
         self.qk_kept = torch.ones(dims.num_heads, dims.qk_head_dim, dtype=torch.bool)  # attention_iterative
         self.qk_removed_at = torch.full((dims.num_heads, dims.qk_head_dim), -1)  # pass that removed each pair
         self.qk_removed_score = torch.zeros(dims.num_heads, dims.qk_head_dim, dtype=torch.float64)
@@ -141,7 +142,7 @@ class SNPStatistics:
             handle.remove()
         self._handles = []
         for stats in self.layers:
-            stats.q = stats.k = stats.v = None
+            stats.q = stats.k = stats.v = stats.out_factor = None
 
     @staticmethod
     def _check_finite(tensor: torch.Tensor, where: str):
@@ -205,7 +206,9 @@ class SNPStatistics:
                     tokens,
                     self.adapter.attention_bias(idx),
                     idx,
-                    out_factor=self._out_factor(idx, mods, d) if self.criteria["qk"] == "attention_output" else None,
+                    out_factor=self._out_factor(idx, stats, mods)
+                    if self.criteria["qk"] == "attention_output"
+                    else None,
                 )
             stats.q = stats.k = stats.v = None
             if self._qk_only:
@@ -239,9 +242,13 @@ class SNPStatistics:
         """Per image (by its index in the calibration data, so that batching does not matter) and layer."""
         return [(self.seed * 1_000_003 + layer_idx) * 1_000_003 + i for i in images]
 
-    def _out_factor(self, idx: int, mods: dict, d) -> torch.Tensor:
+    def _out_factor(self, idx: int, stats: _LayerStats, mods: dict) -> torch.Tensor:
         """(H, d_v, d_v) per head a factor F with F F^T = W_o,h^T W_o,h (the output projection's metric on the head's
-        value dims, rows scaled as the residual stream sees them): `V F` carries `W_o`'s norm into the statistic."""
+        value dims, rows scaled as the residual stream sees them): `V F` carries `W_o`'s norm into the statistic. The
+        weights do not change during the pass: computed at the layer's first batch and kept."""
+        if stats.out_factor is not None:
+            return stats.out_factor
+        d = stats.dims
         w = mods["o_proj"].weight.detach().float()
         scale = self.adapter.output_scale(idx, "o_proj")
         if scale is not None:
@@ -249,7 +256,8 @@ class SNPStatistics:
         w = w.view(-1, d.num_heads, d.v_head_dim)
         gram = torch.einsum("khi,khj->hij", w, w).double()
         values, vectors = torch.linalg.eigh(gram)  # symmetric PSD: F = Q diag(sqrt(lambda))
-        return (vectors * values.clamp_min(0).sqrt()[:, None, :]).float()
+        stats.out_factor = (vectors * values.clamp_min(0).sqrt()[:, None, :]).float()
+        return stats.out_factor
 
     def _qk_stats(self, stats, scaling, batch, tokens, bias=None, layer_idx=0, out_factor=None):
         d = stats.dims
